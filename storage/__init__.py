@@ -1,0 +1,1 @@
+"""Metadata index (SQLAlchemy) and blob stores."""
