@@ -1,0 +1,145 @@
+"""pacs-gateway: serve | db upgrade | verify | sweep | config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from gateway import logs
+from gateway.config import ConfigError, Settings, load_settings, masked_dump
+
+log = logging.getLogger("gateway")
+
+
+_CONFIG_HELP = "TOML configuration file (PACSGW_* environment variables override it)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --config is accepted before or after the subcommand; SUPPRESS keeps a subcommand's
+    # absent option from overwriting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=_CONFIG_HELP)
+    parser = argparse.ArgumentParser(prog="pacs-gateway", description=__doc__)
+    parser.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", parents=[common], help="run the DICOM service and its HTTP side until SIGTERM/SIGINT")
+    db = commands.add_parser("db", parents=[common], help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", parents=[common], help="migrate the schema to this release (Alembic head)")
+    db_commands.add_parser("current", parents=[common], help="print the schema revision")
+    verify = commands.add_parser("verify", parents=[common], help="rebuild stored instances and check their SHA-256")
+    scope = verify.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all", action="store_true", help="every stored revision")
+    scope.add_argument("--study", metavar="UID", help="one study")
+    commands.add_parser("sweep", parents=[common], help="remove orphan blobs and stale spool files now")
+    commands.add_parser("config", parents=[common], help="print the effective configuration (secrets masked)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"pacs-gateway: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.logging.level, settings.logging.format)
+    if args.command == "config":
+        sys.stdout.write(masked_dump(settings))
+        return 0
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "db":
+        return _db(settings, args.db_command)
+    if args.command == "verify":
+        return _verify(settings, args.study)
+    if args.command == "sweep":
+        return _sweep(settings)
+    return 2
+
+
+def _serve(settings: Settings) -> int:
+    from gateway.app import Gateway, SchemaOutOfDate
+    from storage.db import IndexUnavailable
+
+    try:
+        gateway = Gateway(settings)
+        gateway.start()
+    except (SchemaOutOfDate, IndexUnavailable, OSError) as exc:
+        log.error("cannot start", extra={"fields": {"error": str(exc)}})
+        print(f"pacs-gateway: cannot start: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop requested", extra={"fields": {"signal": signal.Signals(signum).name}})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop.wait(1.0):
+        pass
+    gateway.stop()
+    return 0
+
+
+def _db(settings: Settings, command: str) -> int:
+    from storage.db import create_engine_for, current_revision, head_revision, upgrade_to_head
+
+    engine = create_engine_for(settings.database_url, pool_size=1)
+    try:
+        if command == "upgrade":
+            upgrade_to_head(engine)
+            print(f"database at {current_revision(engine)} (head {head_revision()})")
+        else:
+            print(current_revision(engine) or "empty")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _verify(settings: Settings, study: str | None) -> int:
+    from gateway.app import open_blob_store, open_database
+    from gateway.services.rebuild import verify
+    from storage.index import SqlIndex
+
+    engine = open_database(settings, upgrade_empty=False)
+    checked = failed = 0
+    try:
+        index = SqlIndex(engine)
+        blobs = open_blob_store(settings, engine)
+        for stored, failure in verify(index, blobs, study_instance_uid=study):
+            checked += 1
+            if failure is not None:
+                failed += 1
+                print(f"FAILED {stored.sop_instance_uid} revision {stored.revision}: {failure}")
+    finally:
+        engine.dispose()
+    print(f"verified {checked} stored instance revisions: {checked - failed} ok, {failed} failed")
+    return 1 if failed else 0
+
+
+def _sweep(settings: Settings) -> int:
+    from gateway.app import open_blob_store, open_database
+    from storage.index import SqlIndex
+    from storage.sweeper import sweep_orphans
+
+    engine = open_database(settings, upgrade_empty=False)
+    try:
+        index = SqlIndex(engine)
+        removed = sweep_orphans(
+            index, open_blob_store(settings, engine), grace_seconds=settings.ingest.orphan_grace_seconds
+        )
+    finally:
+        engine.dispose()
+    print(f"removed {removed} orphan blobs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

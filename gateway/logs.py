@@ -1,0 +1,63 @@
+"""Structured logs: one JSON line per event, with the association id and calling AE bound.
+
+Patient names and IDs are never logged; UIDs only at DEBUG.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any
+
+_association: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "pacsgw_association", default=None
+)
+
+
+def bind_association(association_id: str, calling_ae: str) -> None:
+    """Bind the association to this thread's log lines (pynetdicom runs one thread per association)."""
+    _association.set((association_id, calling_ae))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        bound = _association.get()
+        if bound is not None:
+            line["assoc"], line["calling_ae"] = bound
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        bound = _association.get()
+        prefix = f"[{bound[0]} {bound[1]}] " if bound else ""
+        fields = getattr(record, "fields", None)
+        extra = " " + " ".join(f"{k}={v}" for k, v in fields.items()) if isinstance(fields, dict) else ""
+        text = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {prefix}{record.getMessage()}{extra}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pynetdicom logs identifiers and UIDs at INFO; keep its chatter to warnings.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))

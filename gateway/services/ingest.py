@@ -1,0 +1,177 @@
+"""Ingest: spool -> verified blob -> blob store -> index, and only then success.
+
+Write order follows DESIGN.md: the blob is durable before the index row is committed, so a crash
+leaves at worst an orphan blob (removed by the sweep), never an index row without its data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from gateway.errors import DuplicateRejected, OutOfResources
+from gateway.metrics import Metrics, modality_label
+from gateway.services.pool import CodecPool, WorkerLost
+from gateway.services.prepare import Fallback, IngestJob, PreparedInstance, prepare, run_job
+from storage.blobs.base import BlobStore, BlobStoreError
+from storage.db import IndexUnavailable
+from storage.index import SqlIndex
+from storage.records import (
+    BlobRef,
+    DuplicatePolicy,
+    InstanceAttrs,
+    InstanceMeta,
+    RecordOutcome,
+    RecordResult,
+    StorageMode,
+)
+
+log = logging.getLogger(__name__)
+
+_STORAGE_MODE = {"none": StorageMode.NO_PIXELS, "pixcodec": StorageMode.COMPRESSED}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    spool_path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae_title: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    outcome: RecordOutcome
+    prepared: PreparedInstance
+
+
+class IngestService:
+    def __init__(
+        self,
+        *,
+        index: SqlIndex,
+        blobs: BlobStore,
+        pool: CodecPool,
+        metrics: Metrics,
+        spool_dir: Path,
+        duplicates: DuplicatePolicy,
+        codec_id: str = "auto",
+    ) -> None:
+        self._index, self._blobs, self._pool, self._metrics = index, blobs, pool, metrics
+        self._spool_dir = spool_dir
+        self._duplicates = duplicates
+        self._codec_id = codec_id
+
+    def store(self, request: StoreRequest) -> StoreResult:
+        """Store one received dataset durably; raises GatewayError with the reason it was not."""
+        blob_path = self._spool_dir / f"{uuid.uuid4().hex}.blob"
+        try:
+            prepared = self._prepare(request, blob_path)
+            ref = self._put(blob_path, prepared)
+        finally:
+            blob_path.unlink(missing_ok=True)
+        outcome = self._record(request, prepared, ref)
+        self._count(prepared, outcome)
+        if outcome.result is RecordResult.REJECTED:
+            raise DuplicateRejected("SOP Instance UID already stored with other content")
+        return StoreResult(outcome, prepared)
+
+    def _prepare(self, request: StoreRequest, blob_path: Path) -> PreparedInstance:
+        job = IngestJob(
+            spool_path=request.spool_path,
+            blob_path=blob_path,
+            sop_class_uid=request.sop_class_uid,
+            sop_instance_uid=request.sop_instance_uid,
+            codec_id=self._codec_id,
+        )
+        try:
+            return self._pool.run(run_job, job)
+        except WorkerLost as exc:
+            self._metrics.fallbacks.labels(Fallback.WORKER_LOST.value).inc()
+            log.error("codec worker died; storing the instance as received", extra={"fields": {"error": str(exc)}})
+            prepared = prepare(replace(job, codec_id=None))
+            return replace(prepared, fallback=Fallback.WORKER_LOST, fallback_detail=str(exc))
+
+    def _put(self, blob_path: Path, prepared: PreparedInstance) -> BlobRef:
+        store = self._blobs.name
+        try:
+            with self._metrics.timed(self._metrics.blob_duration, store, "put"):
+                ref = self._blobs.put_file(blob_path)
+        except BlobStoreError as exc:
+            self._metrics.blob_errors.labels(store, "put").inc()
+            raise OutOfResources(f"blob store unavailable: {exc}") from exc
+        if ref.sha256 != prepared.blob_sha256 or ref.size != prepared.blob_size:
+            self._delete(ref)
+            raise OutOfResources("blob store wrote other bytes than were verified")
+        return ref
+
+    def _record(self, request: StoreRequest, prepared: PreparedInstance, ref: BlobRef) -> RecordOutcome:
+        attrs = prepared.attrs
+        basics = attrs.instance
+        meta = InstanceMeta(
+            patient=attrs.patient,
+            study=attrs.study,
+            series=attrs.series,
+            instance=InstanceAttrs(
+                sop_instance_uid=basics.sop_instance_uid,
+                sop_class_uid=basics.sop_class_uid,
+                instance_number=basics.instance_number,
+                transfer_syntax_uid=prepared.transfer_syntax_uid,
+                specific_character_set=basics.specific_character_set,
+                rows=basics.rows,
+                columns=basics.columns,
+                number_of_frames=basics.number_of_frames,
+                bits_allocated=basics.bits_allocated,
+                bits_stored=basics.bits_stored,
+                photometric_interpretation=basics.photometric_interpretation,
+                storage_mode=_STORAGE_MODE.get(prepared.pixel_mode.value, StorageMode.AS_RECEIVED),
+                codec_id=prepared.codec_id,
+                codec_version=prepared.codec_version,
+                original_size=prepared.original_size,
+                stored_size=ref.size,
+                dataset_sha256=prepared.dataset_sha256,
+                pixel_sha256=prepared.pixel_sha256,
+                received_at=dt.datetime.now(dt.timezone.utc),
+                calling_ae_title=request.calling_ae_title,
+            ),
+        )
+        try:
+            with self._metrics.timed(self._metrics.index_duration, "record"):
+                outcome = self._index.record_instance(meta, ref, self._duplicates)
+        except IndexUnavailable as exc:
+            self._metrics.index_errors.labels("record").inc()
+            self._delete(ref)
+            raise OutOfResources(f"database unavailable: {exc}") from exc
+        if not outcome.blob_used:
+            self._delete(ref)
+        return outcome
+
+    def _delete(self, ref: BlobRef) -> None:
+        """Best effort: what cannot be deleted now is an orphan for the sweep."""
+        try:
+            with self._metrics.timed(self._metrics.blob_duration, ref.store, "delete"):
+                self._blobs.delete(ref)
+        except BlobStoreError as exc:
+            self._metrics.blob_errors.labels(ref.store, "delete").inc()
+            log.warning("blob left for the orphan sweep", extra={"fields": {"error": str(exc)}})
+
+    def _count(self, prepared: PreparedInstance, outcome: RecordOutcome) -> None:
+        m = self._metrics
+        modality = modality_label(prepared.attrs.series.modality)
+        m.instances.labels(modality, outcome.result.value).inc()
+        if not outcome.blob_used:
+            return
+        codec = prepared.codec_id or "none"
+        m.received_bytes.labels(modality).inc(prepared.original_size)
+        m.stored_bytes.labels(modality, prepared.pixel_mode.value).inc(prepared.blob_size)
+        m.codec_input_bytes.labels(codec).inc(prepared.original_size)
+        m.codec_output_bytes.labels(codec).inc(prepared.blob_size)
+        m.codec_duration.labels(codec, "encode").observe(prepared.encode_seconds)
+        m.codec_duration.labels(codec, "verify").observe(prepared.verify_seconds)
+        if prepared.fallback is not None and prepared.fallback is not Fallback.WORKER_LOST:
+            m.fallbacks.labels(prepared.fallback.value).inc()
+            if prepared.fallback is Fallback.VERIFICATION_FAILED:
+                m.verification_failures.labels(prepared.planned_codec_id or codec).inc()

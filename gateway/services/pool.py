@@ -1,0 +1,101 @@
+"""A bounded pool of codec worker processes.
+
+Native codecs run in child processes: if one crashes (segfault, abort) the pool is rebuilt and the
+instance is stored as received, and the service lives on. A semaphore bounds the instances in
+flight, so a burst of associations waits for a slot (backpressure) instead of queueing without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+from gateway.errors import OutOfResources
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+class WorkerLost(Exception):
+    """The worker process running the job died."""
+
+
+def _warm_up() -> None:
+    # Import the codec stack once per worker, so the first C-STORE does not pay for it.
+    import gateway.services.prepare  # noqa: F401
+    import pixcodec
+
+    pixcodec.default_registry()
+
+
+class CodecPool:
+    def __init__(
+        self,
+        workers: int,
+        queue_limit: int,
+        queue_timeout: float,
+        on_depth: Callable[[int], None] = lambda _depth: None,
+        on_restart: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._workers = workers
+        self._slots = threading.BoundedSemaphore(queue_limit)
+        self._timeout = queue_timeout
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._on_depth, self._on_restart = on_depth, on_restart
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["gateway.services.prepare", "pixcodec"])
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers, mp_context=self._context, initializer=_warm_up
+        )
+
+    def _track(self, delta: int) -> None:
+        with self._lock:
+            self._depth += delta
+            depth = self._depth
+        self._on_depth(depth)
+
+    def run(self, fn: Callable[[A], T], arg: A) -> T:
+        """Run fn(arg) in a worker; OutOfResources when no slot frees in time, WorkerLost on a crash."""
+        if not self._slots.acquire(timeout=self._timeout):
+            raise OutOfResources("codec workers saturated")
+        self._track(+1)
+        try:
+            executor = self._executor
+            try:
+                future: Future[T] = executor.submit(fn, arg)
+                return future.result()
+            except BrokenProcessPool as exc:
+                self._replace(executor)
+                raise WorkerLost(str(exc) or "codec worker process died") from exc
+        finally:
+            self._track(-1)
+            self._slots.release()
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is not broken:
+                return  # another thread already replaced it
+            log.error("codec worker process died; restarting the pool")
+            self._executor = self._new_executor()
+        self._on_restart()
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def warm(self) -> None:
+        """Start every worker now rather than on the first request."""
+        futures = [self._executor.submit(_warm_up) for _ in range(self._workers)]
+        for future in futures:
+            future.result()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=False)

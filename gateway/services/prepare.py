@@ -1,0 +1,207 @@
+"""Turn a spooled dataset into a verified instance blob: the CPU-bound half of ingest.
+
+Runs in a codec worker process (a native codec crash then costs one worker, not the service), or
+in-process with `codec_id=None` as the fallback that never calls a native codec.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway import syntaxes
+from gateway.errors import (
+    CannotUnderstand,
+    DatasetDoesNotMatchSOPClass,
+    GatewayError,
+    OutOfResources,
+)
+from gateway.instance_blob import BlobFormatError, PixelMode, PixelPlan, rebuild, write_instance_blob
+from gateway.metadata import HeaderAttrs, extract
+from gateway.pixels import native_layout
+from gateway.received import ReceivedDataset, dataset_sha256, open_received
+from pixcodec import CodecError, default_registry
+
+log = logging.getLogger(__name__)
+
+
+class Fallback(enum.StrEnum):
+    """Why pixel data that could have been compressed was kept as received (bounded label)."""
+
+    CODEC_ERROR = "codec_error"
+    VERIFICATION_FAILED = "verification_failed"
+    WORKER_LOST = "worker_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestJob:
+    spool_path: Path
+    blob_path: Path
+    sop_class_uid: str  # from the C-STORE command
+    sop_instance_uid: str
+    codec_id: str | None  # "auto", a registered codec id, or None: never run a native codec
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedInstance:
+    attrs: HeaderAttrs
+    transfer_syntax_uid: str
+    pixel_mode: PixelMode
+    codec_id: str | None
+    codec_version: int | None
+    original_size: int
+    blob_size: int
+    blob_sha256: str
+    dataset_sha256: str
+    pixel_sha256: str | None
+    encode_seconds: float
+    verify_seconds: float
+    fallback: Fallback | None
+    fallback_detail: str | None
+    planned_codec_id: str | None  # the codec that was tried, also when it was not kept
+
+
+def prepare(job: IngestJob) -> PreparedInstance:
+    """Parse, check, encode, write and verify; raises GatewayError for data that must be refused."""
+    received = open_received(job.spool_path)
+    attrs = extract(received.header)
+    _check_command_uids(attrs, job)
+    dataset_digest = dataset_sha256(received)
+    plan, pixel_digest = _plan(received, job.codec_id)
+    fallback: Fallback | None = None
+    detail: str | None = None
+    timings = [0.0, 0.0]
+    try:
+        pixel_digest = _write_and_verify(received, job.blob_path, dataset_digest, plan, timings) or pixel_digest
+    except CodecError as exc:
+        fallback, detail = Fallback.CODEC_ERROR, str(exc)
+    except BlobFormatError as exc:
+        fallback, detail = Fallback.VERIFICATION_FAILED, str(exc)
+    planned = plan.codec.codec_id if plan.codec is not None else None
+    if fallback is not None:
+        log.warning("compression not used: %s (%s)", fallback.value, detail)
+        plan = PixelPlan(PixelMode.VERBATIM)
+        try:
+            _write_and_verify(received, job.blob_path, dataset_digest, plan, timings)
+        except BlobFormatError as exc:
+            raise OutOfResources(f"cannot write a verified blob: {exc}") from exc
+    blob_size, blob_digest = _file_digest(job.blob_path)
+    codec = plan.codec
+    return PreparedInstance(
+        attrs=attrs,
+        transfer_syntax_uid=str(received.transfer_syntax),
+        pixel_mode=plan.mode if received.pixel is not None and received.splittable else PixelMode.NONE,
+        codec_id=codec.codec_id if codec is not None else None,
+        codec_version=codec.bitstream_version if codec is not None else None,
+        original_size=received.dataset_length,
+        blob_size=blob_size,
+        blob_sha256=blob_digest,
+        dataset_sha256=dataset_digest,
+        pixel_sha256=pixel_digest,
+        encode_seconds=timings[0],
+        verify_seconds=timings[1],
+        fallback=fallback,
+        fallback_detail=detail,
+        planned_codec_id=planned,
+    )
+
+
+def _check_command_uids(attrs: HeaderAttrs, job: IngestJob) -> None:
+    if attrs.instance.sop_instance_uid != job.sop_instance_uid:
+        raise DatasetDoesNotMatchSOPClass("SOP Instance UID differs from the command's")
+    if attrs.instance.sop_class_uid != job.sop_class_uid:
+        raise DatasetDoesNotMatchSOPClass("SOP Class UID differs from the command's")
+
+
+def _plan(received: ReceivedDataset, codec_id: str | None) -> tuple[PixelPlan, str | None]:
+    """How to store the pixel value, and the pixel digest when it is known without encoding."""
+    pixel = received.pixel
+    syntax = received.transfer_syntax
+    if pixel is None or not received.splittable:
+        return PixelPlan(PixelMode.NONE), None
+    if pixel.encapsulated or syntaxes.is_encapsulated(syntax):
+        digest = None if syntaxes.is_lossy(syntax) else _decoded_digest(received)
+        return PixelPlan(PixelMode.VERBATIM), digest
+    layout = native_layout(received.header, syntax, pixel)
+    if codec_id is None:
+        return PixelPlan(PixelMode.VERBATIM), None
+    if layout is None:
+        return PixelPlan(PixelMode.ZSTD), None
+    registry = default_registry()
+    codec = registry.choose_lossless(layout.spec) if codec_id == "auto" else registry.get(codec_id, 1)
+    return PixelPlan(PixelMode.PIXCODEC, layout, codec), None
+
+
+def _write_and_verify(
+    received: ReceivedDataset,
+    blob_path: Path,
+    dataset_digest: str,
+    plan: PixelPlan,
+    timings: list[float],
+) -> str | None:
+    """Write the blob, then rebuild it and compare with the received bytes; the pixel digest."""
+    pixel = received.pixel if received.splittable else None
+    digest = hashlib.sha256()
+
+    def on_frame(_raw: bytes, frame: np.ndarray[Any, Any]) -> None:
+        digest.update(frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes())
+
+    started = time.perf_counter()
+    with received.path.open("rb") as src, blob_path.open("wb") as out:
+        write_instance_blob(
+            out,
+            src,
+            dataset_offset=received.dataset_offset,
+            dataset_length=received.dataset_length,
+            dataset_sha256=dataset_digest,
+            pixel_value=(pixel.value_start, pixel.value_end) if pixel is not None else None,
+            plan=plan,
+            on_frame=on_frame,
+        )
+    encoded = time.perf_counter()
+    with blob_path.open("rb") as fp:
+        rebuild(fp, lambda _chunk: None)
+    timings[0] += encoded - started
+    timings[1] += time.perf_counter() - encoded
+    if plan.mode is PixelMode.PIXCODEC:
+        return digest.hexdigest()
+    return None
+
+
+def _decoded_digest(received: ReceivedDataset) -> str | None:
+    """SHA-256 of the decoded frames of lossless encapsulated data; None if it cannot be decoded."""
+    from pydicom.pixels import iter_pixels
+
+    digest = hashlib.sha256()
+    try:
+        for frame in iter_pixels(received.path, raw=True):
+            digest.update(frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes())
+    except Exception as exc:  # decoders raise anything from RuntimeError to ValueError
+        log.warning("lossless encapsulated pixel data does not decode: %s", exc)
+        return None
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    with path.open("rb") as fp:
+        digest = hashlib.file_digest(fp, "sha256")
+    return path.stat().st_size, digest.hexdigest()
+
+
+def run_job(job: IngestJob) -> PreparedInstance:
+    """Worker-process entry point: every failure leaves as a GatewayError (they pickle cleanly)."""
+    try:
+        return prepare(job)
+    except GatewayError:
+        raise
+    except OSError as exc:  # spool or blob file: disk full, read-only, vanished
+        raise OutOfResources(f"spool I/O failed: {exc.strerror or exc}") from None
+    except Exception as exc:  # anything else is data we do not understand
+        raise CannotUnderstand(f"{type(exc).__name__}: {exc}") from None
