@@ -13,10 +13,11 @@ NATIVE = (uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.ExplicitVR
 DEFLATED = uid.DeflatedExplicitVRLittleEndian
 
 LOSSLESS_ENCAPSULATED = (
-    uid.JPEGLosslessP14,
+    uid.JPEGLossless,  # process 14
     uid.JPEGLosslessSV1,
     uid.JPEGLSLossless,
     uid.JPEG2000Lossless,
+    uid.JPEG2000MCLossless,
     uid.HTJ2KLossless,
     uid.HTJ2KLosslessRPCL,
     uid.RLELossless,
@@ -31,6 +32,7 @@ LOSSY_ENCAPSULATED = (
     uid.JPEGExtended12Bit,
     uid.JPEGLSNearLossless,
     uid.JPEG2000,
+    uid.JPEG2000MC,
     uid.HTJ2K,
     JPEG_XL_JPEG_RECOMPRESSION,
     JPEG_XL,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.uid import UID
 
 from gateway import syntaxes
 from gateway.errors import (
@@ -22,6 +23,7 @@ from gateway.errors import (
     DatasetDoesNotMatchSOPClass,
     GatewayError,
     OutOfResources,
+    PixelDataInconsistent,
 )
 from gateway.instance_blob import BlobFormatError, PixelMode, PixelPlan, rebuild, write_instance_blob
 from gateway.metadata import HeaderAttrs, extract
@@ -124,6 +126,8 @@ def _plan(received: ReceivedDataset, codec_id: str | None) -> tuple[PixelPlan, s
     """How to store the pixel value, and the pixel digest when it is known without encoding."""
     pixel = received.pixel
     syntax = received.transfer_syntax
+    if pixel is None and received.splittable and _needs_pixel_data(received):
+        raise PixelDataInconsistent("image SOP class without Pixel Data (dataset cut short?)")
     if pixel is None or not received.splittable:
         return PixelPlan(PixelMode.NONE), None
     if pixel.encapsulated or syntaxes.is_encapsulated(syntax):
@@ -137,6 +141,12 @@ def _plan(received: ReceivedDataset, codec_id: str | None) -> tuple[PixelPlan, s
     registry = default_registry()
     codec = registry.choose_lossless(layout.spec) if codec_id == "auto" else registry.get(codec_id, 1)
     return PixelPlan(PixelMode.PIXCODEC, layout, codec), None
+
+
+def _needs_pixel_data(received: ReceivedDataset) -> bool:
+    """Image IODs require Pixel Data; a dataset cut between two elements looks well-formed."""
+    sop_class = UID(str(received.header.get("SOPClassUID", "")))
+    return "Image Storage" in sop_class.name or "Rows" in received.header
 
 
 def _write_and_verify(
