@@ -30,7 +30,9 @@ def _url() -> str:
         "sqlalchemy.url"
     )
     if not url:
-        raise RuntimeError("no database: pass a connection in Config.attributes, sqlalchemy.url or -x url=")
+        raise RuntimeError(
+            "no database: give a connection in Config.attributes, sqlalchemy.url or -x url=..."
+        )
     return url
 
 

@@ -17,6 +17,9 @@ from sqlalchemy.engine import Connection, Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+# Any fixed number, the same in every replica: replicas starting together upgrade one at a time.
+_UPGRADE_LOCK_KEY = 0x70616373_6777  # "pacsgw"
+
 # Marks engines whose SQLite transactions start with BEGIN IMMEDIATE (see for_writing).
 _WRITE_OPTION = "pacsgw_write"
 
@@ -97,7 +100,7 @@ def describe(error: BaseException) -> str:
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """Whether a SQLAlchemy error means the database is unreachable or failing (not a bug or bad data)."""
+    """Whether a SQLAlchemy error means the database is unreachable or failing, not a bug or bad data."""
     if isinstance(
         error,
         exc.OperationalError | exc.InterfaceError | exc.InternalError | exc.TimeoutError,
@@ -158,6 +161,10 @@ def head_revision() -> str:
 def upgrade_to_head(engine: Engine) -> None:
     """Bring the schema to the newest revision, in one transaction where the database allows it."""
     with unavailable_as("schema upgrade"), for_writing(engine).begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Without it, a second replica would fail on CREATE TABLE instead of finding the
+            # schema already at head once the first one commits.
+            pass
         command.upgrade(alembic_config(connection), "head")
 
 

@@ -28,7 +28,7 @@ SHA256_LENGTH = 64
 
 
 class UtcDateTime(sa.TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes on both backends (SQLite stores no offset and returns naive values)."""
+    """Timezone-aware UTC datetimes on both backends (SQLite keeps no offset, returns naive values)."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ImplicitVRLittleEndian
 from pynetdicom import AE, _config as pynetdicom_config
 from pynetdicom.presentation import build_context
 
@@ -67,26 +69,54 @@ def dataset_bytes(path: Path) -> bytes:
     return raw[meta_end:]
 
 
+def needs_new_meta(path: Path) -> bool:
+    raw = path.open("rb").read(132)
+    if raw[128:132] != b"DICM":
+        return True
+    # The command's UIDs must be the dataset's (DCMTK's storescu takes them from the dataset);
+    # a few files carry File Meta that is incomplete or names another instance.
+    ds = dcmread(path, stop_before_pixels=True)
+    meta = ds.file_meta
+    return (meta.get("MediaStorageSOPClassUID") != ds.get("SOPClassUID")
+            or meta.get("MediaStorageSOPInstanceUID") != ds.get("SOPInstanceUID"))
+
+
 def with_file_meta(path: Path, out_dir: Path) -> Path:
-    """A copy of a file without File Meta (ACR-NEMA style) that pynetdicom can send as is."""
-    ds = dcmread(path, force=True)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    """A copy with complete File Meta and the dataset bytes unchanged, so an SCU can stream it.
+
+    ACR-NEMA style files (no preamble, no File Meta) hold an implicit VR little endian dataset.
+    """
+    raw = path.read_bytes()
+    if raw[128:132] == b"DICM":
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        syntax = str(meta.TransferSyntaxUID)
+        body = dataset_bytes(path)
+    else:
+        syntax, body = str(ImplicitVRLittleEndian), raw
+    ds = dcmread(path, stop_before_pixels=True, force=True)
+    new_meta = FileMetaDataset()
+    new_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    new_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    new_meta.TransferSyntaxUID = syntax
+    new_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, new_meta, enforce_standard=True)
     out = out_dir / path.name
-    ds.save_as(out, enforce_file_format=True)
+    out.write_bytes(buffer.getvalue() + body)
     return out
 
 
 def send_files(port: int, paths: list[Path], *, calling_aet: str = "TESTSCU") -> dict[Path, int]:
     """C-STORE each file over one association, proposing exactly its own transfer syntax."""
     contexts: dict[tuple[str, str], None] = {}
-    metas = []
+    keys_of: list[tuple[str, str]] = []
     for path in paths:
-        meta = dcmread(path, stop_before_pixels=True).file_meta
-        metas.append(meta)
-        contexts[(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))] = None
+        ds = dcmread(path, stop_before_pixels=True)
+        key = (str(ds.file_meta.get("MediaStorageSOPClassUID") or ds.SOPClassUID),
+               str(ds.file_meta.TransferSyntaxUID))
+        keys_of.append(key)
+        contexts[key] = None
     statuses: dict[Path, int] = {}
     keys = list(contexts)
     for start in range(0, len(keys), 100):  # at most 128 proposed contexts per association
@@ -96,8 +126,8 @@ def send_files(port: int, paths: list[Path], *, calling_aet: str = "TESTSCU") ->
         assoc = ae.associate("127.0.0.1", port, contexts=requested, ae_title="PACSGW")
         assert assoc.is_established, "association refused"
         try:
-            for path, meta in zip(paths, metas):
-                if (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)) in batch:
+            for path, key in zip(paths, keys_of):
+                if key in batch:
                     status = assoc.send_c_store(path)
                     statuses[path] = int(status.Status) if "Status" in status else -1
         finally:

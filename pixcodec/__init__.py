@@ -1,0 +1,40 @@
+"""pixcodec: lossless coding of DICOM pixel frames, as pure functions on numpy arrays.
+
+Knows nothing of the network, the database or the configuration: the gateway describes frames
+with a PixelSpec, picks a codec from a CodecRegistry and stores the resulting container blob.
+"""
+
+from .base import (
+    Capabilities,
+    CodecError,
+    CodecUnavailable,
+    CorruptBitstream,
+    FrameCodec,
+    PixelSpec,
+    UnsupportedPixelSpec,
+    VerificationFailed,
+)
+from .container import ContainerReader, ContainerWriter
+from .preprocess import Mode, Preprocessing
+from .registry import CodecRegistry, default_registry
+from .standard import JPEG_LS_LOSSLESS_UID, JpegLsCodec, ZstdCodec
+
+__all__ = [
+    "JPEG_LS_LOSSLESS_UID",
+    "Capabilities",
+    "CodecError",
+    "CodecRegistry",
+    "CodecUnavailable",
+    "ContainerReader",
+    "ContainerWriter",
+    "CorruptBitstream",
+    "FrameCodec",
+    "JpegLsCodec",
+    "Mode",
+    "PixelSpec",
+    "Preprocessing",
+    "UnsupportedPixelSpec",
+    "VerificationFailed",
+    "ZstdCodec",
+    "default_registry",
+]

@@ -1,0 +1,222 @@
+"""The container: streaming, verification, and damage detection (CorruptBitstream, never a crash)."""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from pixcodec import (
+    Capabilities,
+    CodecError,
+    CodecRegistry,
+    CodecUnavailable,
+    ContainerReader,
+    ContainerWriter,
+    CorruptBitstream,
+    JpegLsCodec,
+    PixelSpec,
+    VerificationFailed,
+    ZstdCodec,
+    default_registry,
+)
+from pixcodec.container import MAGIC
+
+from .helpers import clean_frame, make_spec, smooth_frame
+
+
+def _blob(codec: object = None, frames: int = 2) -> tuple[bytes, PixelSpec, list[np.ndarray]]:
+    spec = make_spec(6, 5, stored=12, signed=True)
+    rng = np.random.default_rng(3)
+    data = [clean_frame(spec, rng) for _ in range(frames)]
+    buffer = io.BytesIO()
+    writer = ContainerWriter(buffer, codec or JpegLsCodec(), spec)  # type: ignore[arg-type]
+    for frame in data:
+        writer.add_frame(frame)
+    writer.finish()
+    return buffer.getvalue(), spec, data
+
+
+def _read_all(blob: bytes) -> list[np.ndarray]:
+    reader = ContainerReader(io.BytesIO(blob))
+    return list(reader.frames())
+
+
+def test_header_fields_are_read_back() -> None:
+    blob, spec, data = _blob()
+    assert blob.startswith(MAGIC)
+    reader = ContainerReader(io.BytesIO(blob))
+    assert (reader.codec_id, reader.codec_version, reader.spec, reader.frame_count) == ("jpeg-ls", 1, spec, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(reader.frames(), data))
+    with pytest.raises(IndexError):
+        reader.frame(2)
+
+
+def test_container_inside_a_larger_file(tmp_path: object) -> None:
+    blob, _, data = _blob()
+    stream = io.BytesIO(b"prefix" + blob)
+    stream.seek(6)
+    assert np.array_equal(ContainerReader(stream).frame(1), data[1])
+
+
+class _NonSeekable(io.RawIOBase):
+    """A sink that takes at most 7 bytes per write and cannot seek, like a socket or pipe."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: object) -> int:
+        chunk = bytes(memoryview(b))[:7]  # type: ignore[arg-type]
+        self.data += chunk
+        return len(chunk)
+
+
+def test_writer_streams_without_seeking() -> None:
+    spec = make_spec(20, 20, stored=10)
+    frames = [smooth_frame(spec) for _ in range(3)]
+    sink = _NonSeekable()
+    writer = ContainerWriter(sink, ZstdCodec(), spec)  # type: ignore[arg-type]
+    for frame in frames:
+        writer.add_frame(frame)
+    assert writer.finish() == len(sink.data)
+    reader = ContainerReader(io.BytesIO(bytes(sink.data)))
+    assert all(np.array_equal(a, b) for a, b in zip(reader.frames(), frames))
+
+
+def test_file_on_disk(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "blob.pxc"
+    spec = make_spec(30, 40, stored=16)
+    frame = smooth_frame(spec)
+    with open(path, "wb") as fp:
+        writer = ContainerWriter(fp, default_registry().choose_lossless(spec), spec)
+        writer.add_frame(frame)
+        total = writer.finish()
+    assert path.stat().st_size == total
+    with open(path, "rb") as fp:
+        assert np.array_equal(ContainerReader(fp).frame(0), frame)
+
+
+def test_zero_frames() -> None:
+    blob, _, _ = _blob(frames=0)
+    assert ContainerReader(io.BytesIO(blob)).frame_count == 0
+
+
+def test_writer_refuses_misuse() -> None:
+    spec = make_spec(2, 2)
+    writer = ContainerWriter(io.BytesIO(), ZstdCodec(), spec)
+    writer.add_frame(np.zeros((2, 2), np.uint16))
+    writer.finish()
+    with pytest.raises(CodecError, match="already finished"):
+        writer.add_frame(np.zeros((2, 2), np.uint16))
+    with pytest.raises(CodecError, match="already finished"):
+        writer.finish()
+
+
+@dataclass(frozen=True)
+class _BitFlipCodec:
+    """Zstd whose decoder flips one bit: a broken codec the writer must catch."""
+
+    codec_id: str = "bitflip"
+    bitstream_version: int = 1
+    transfer_syntax_uid: str | None = None
+    capabilities: Capabilities = ZstdCodec.capabilities
+
+    def encode(self, frame: npt.NDArray[np.unsignedinteger], spec: PixelSpec) -> bytes:
+        return ZstdCodec().encode(frame, spec)
+
+    def decode(self, payload: bytes, spec: PixelSpec) -> npt.NDArray[np.unsignedinteger]:
+        decoded = ZstdCodec().decode(payload, spec).copy()
+        decoded.flat[decoded.size // 2] ^= 1
+        return decoded
+
+
+@dataclass(frozen=True)
+class _CrashingDecoder(_BitFlipCodec):
+    def decode(self, payload: bytes, spec: PixelSpec) -> npt.NDArray[np.unsignedinteger]:
+        raise RuntimeError("native decoder exploded")
+
+
+@pytest.mark.parametrize("codec", [_BitFlipCodec(), _CrashingDecoder()], ids=["bit-flip", "crash"])
+def test_broken_codec_fails_verification_and_the_blob_cannot_be_finished(codec: _BitFlipCodec) -> None:
+    spec = make_spec(8, 8, stored=12)
+    buffer = io.BytesIO()
+    writer = ContainerWriter(buffer, codec, spec)
+    with pytest.raises(VerificationFailed):
+        writer.add_frame(smooth_frame(spec))
+    assert writer.frames_written == 0
+    with pytest.raises(CodecError, match="cannot be finished"):
+        writer.finish()
+
+
+def test_decoded_checksum_catches_a_decoder_that_goes_wrong_later() -> None:
+    blob, _, _ = _blob(ZstdCodec())
+    registry = CodecRegistry()
+    registry.register(_BitFlipCodec(codec_id="zstd"))
+    reader = ContainerReader(io.BytesIO(blob), registry=registry)
+    with pytest.raises(CorruptBitstream, match="checksum"):
+        reader.frame(0)
+
+
+def test_unknown_codec_is_unavailable_not_corrupt() -> None:
+    blob, _, _ = _blob()
+    with pytest.raises(CodecUnavailable):
+        ContainerReader(io.BytesIO(blob), registry=CodecRegistry())
+
+
+@pytest.mark.parametrize("codec", [JpegLsCodec(), ZstdCodec()], ids=["jpeg-ls", "zstd"])
+def test_every_truncation_is_corrupt(codec: object) -> None:
+    blob, _, _ = _blob(codec)
+    for length in range(len(blob)):
+        with pytest.raises(CorruptBitstream):
+            _read_all(blob[:length])
+
+
+@pytest.mark.parametrize("codec", [JpegLsCodec(), ZstdCodec()], ids=["jpeg-ls", "zstd"])
+def test_every_single_byte_mutation_is_corrupt(codec: object) -> None:
+    blob, _, _ = _blob(codec)
+    for position in range(len(blob)):
+        for flip in (0x01, 0x80, 0xFF):
+            mutated = bytearray(blob)
+            mutated[position] ^= flip
+            with pytest.raises(CorruptBitstream):
+                _read_all(bytes(mutated))
+
+
+def test_garbage_and_appended_bytes_are_corrupt() -> None:
+    blob, _, _ = _blob()
+    rng = np.random.default_rng(11)
+    candidates = [b"", b"\x00" * 100, MAGIC, MAGIC + b"\x01\x00" + b"\xff" * 50, blob + b"\x00", blob[:40] + blob,
+                  blob * 2]
+    candidates += [rng.bytes(int(n)) for n in rng.integers(1, 4000, size=50)]
+    candidates += [MAGIC + rng.bytes(int(n)) for n in rng.integers(1, 4000, size=50)]
+    for data in candidates:
+        with pytest.raises(CorruptBitstream):
+            _read_all(data)
+
+
+def _reforge(blob: bytes, frame_count: int, index_offset: int) -> bytes:
+    """A footer whose checksum is right but whose numbers lie."""
+    import zlib
+
+    body = blob[:-20]
+    index = body[index_offset:] if index_offset <= len(body) else b""
+    crc = zlib.crc32(index + struct.pack("<QI", index_offset, frame_count)) & 0xFFFFFFFF
+    return body + struct.pack("<QII4s", index_offset, frame_count, crc, b"PXCE")
+
+
+def test_consistent_checksums_with_impossible_numbers_are_corrupt() -> None:
+    blob, _, _ = _blob()
+    index_offset = struct.unpack("<Q", blob[-20:-12])[0]
+    for count, offset in [(3, index_offset), (1, index_offset), (2**32 - 1, index_offset), (2, 0),
+                          (2, 2**63), (0, len(blob) - 20)]:
+        with pytest.raises(CorruptBitstream):
+            _read_all(_reforge(blob, count, offset))

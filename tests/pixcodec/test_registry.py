@@ -1,0 +1,52 @@
+"""Registry: lookup by (codec_id, bitstream_version), choice, unavailability."""
+
+from __future__ import annotations
+
+import pytest
+
+from pixcodec import CodecRegistry, CodecUnavailable, JpegLsCodec, PixelSpec, UnsupportedPixelSpec, ZstdCodec, default_registry
+
+from .helpers import make_spec
+
+
+def test_default_registry_prefers_jpeg_ls_then_zstd() -> None:
+    registry = default_registry()
+    assert registry.keys() == [("jpeg-ls", 1), ("zstd", 1)]
+    assert isinstance(registry.get("jpeg-ls", 1), JpegLsCodec)
+    assert registry.choose_lossless(make_spec(signed=True)).codec_id == "jpeg-ls"
+    assert registry.choose_lossless(make_spec(samples=3, allocated=8, stored=8)).codec_id == "jpeg-ls"
+    thirty_two = make_spec(allocated=32, stored=24)
+    assert registry.choose_lossless(thirty_two).codec_id == "zstd"
+    assert [c.codec_id for c in registry.candidates(make_spec())] == ["jpeg-ls", "zstd"]
+    assert registry.choose_lossless(PixelSpec.for_bytes(200_000)).codec_id == "zstd"
+
+
+def test_get_unknown_raises_codec_unavailable() -> None:
+    registry = default_registry()
+    with pytest.raises(CodecUnavailable, match="'jpeg-ls' version 2"):
+        registry.get("jpeg-ls", 2)
+    with pytest.raises(CodecUnavailable):
+        registry.get("j2k", 1)
+
+
+def test_duplicate_registration_is_refused() -> None:
+    registry = CodecRegistry()
+    registry.register(ZstdCodec())
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(ZstdCodec())
+
+
+def test_mark_unavailable_removes_from_choice_and_lookup() -> None:
+    registry = default_registry()
+    registry.mark_unavailable("jpeg-ls", 1, "CharLS crashed in a worker")
+    with pytest.raises(CodecUnavailable, match="CharLS crashed"):
+        registry.get("jpeg-ls", 1)
+    assert registry.choose_lossless(make_spec()).codec_id == "zstd"
+    assert default_registry().choose_lossless(make_spec()).codec_id == "jpeg-ls"  # registries are independent
+
+
+def test_no_lossless_codec_names_the_reasons() -> None:
+    registry = CodecRegistry()
+    registry.register(JpegLsCodec())
+    with pytest.raises(UnsupportedPixelSpec, match=r"jpeg-ls/1: \(0028,0100\) Bits Allocated 32"):
+        registry.choose_lossless(make_spec(allocated=32, stored=32))
