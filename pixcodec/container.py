@@ -225,7 +225,13 @@ class ContainerReader:
 
     def _read_at(self, offset: int, length: int) -> bytes:
         self._fp.seek(self._start + offset)
-        data = self._fp.read(length)
+        data = b""
+        while len(data) < length:
+            # Raw streams may return fewer bytes than asked without being at the end.
+            chunk = self._fp.read(length - len(data))
+            if not chunk:
+                break
+            data += chunk
         if len(data) != length:
             raise CorruptBitstream(f"truncated: {length} bytes expected at {offset}, got {len(data)}")
         return data

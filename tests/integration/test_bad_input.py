@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -101,22 +102,20 @@ def test_calling_ae_not_allowed_is_rejected_and_counted(
 
 
 def test_read_only_blob_store_gives_out_of_resources(
-    make_gateway: GatewayFactory, corpus: list[CorpusFile], tmp_path: Path
+    make_gateway: GatewayFactory, corpus: list[CorpusFile]
 ) -> None:
     gateway = make_gateway()
     blob_root = Path(gateway.settings.blob_path)
-    # Tests run as root, which ignores permission bits; a file where the store keeps its
-    # temporary files makes every write fail the way a read-only or vanished mount does.
-    staging = blob_root / "tmp"
-    if staging.exists():
-        staging.rmdir()
-    staging.write_bytes(b"")
+    blob_root.mkdir(parents=True, exist_ok=True)
+    # Tests run as root, which ignores permission bits; the immutable attribute stops even root
+    # from adding an entry, as a read-only mount does.
+    subprocess.run(["chattr", "+i", str(blob_root)], check=True)
     try:
         assert _store(gateway, _ct(corpus)) == 0xA700
         assert _failure_count(gateway, "out_of_resources") == 1
         assert gateway.index.counts().instances == 0
     finally:
-        staging.unlink()
+        subprocess.run(["chattr", "-i", str(blob_root)], check=True)
     _still_serving(gateway, corpus)
 
 

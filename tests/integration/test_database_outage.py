@@ -10,6 +10,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -61,17 +62,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def throwaway_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawayPostgres]:
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not candidates:
         pytest.fail("PostgreSQL server binaries not installed (Debian package postgresql)")
     bindir = Path(candidates[-1]).parent
     # initdb refuses to run as root: the cluster belongs to the postgres system user then.
     user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-    datadir = tmp_path_factory.mktemp("pg") / "data"
+    # Not under pytest's temporary directory: that one is private to root, and the server runs
+    # as the postgres user.
+    parent = Path(tempfile.mkdtemp(prefix="pacsgw-pg-"))
+    datadir = parent / "data"
     datadir.mkdir()
     if os.geteuid() == 0:
-        shutil.chown(datadir.parent, user)
+        shutil.chown(parent, user)
         shutil.chown(datadir, user)
     _run_as(user, [str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", user])
     server = ThrowawayPostgres(bindir, datadir, _free_port(), user)
@@ -83,6 +87,7 @@ def throwaway_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Thr
             server.stop()
         except subprocess.CalledProcessError:
             pass
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _readyz(port: int) -> tuple[int, dict[str, object]]:

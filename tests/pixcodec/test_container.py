@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -56,7 +58,7 @@ def test_header_fields_are_read_back() -> None:
         reader.frame(2)
 
 
-def test_container_inside_a_larger_file(tmp_path: object) -> None:
+def test_container_inside_a_larger_file() -> None:
     blob, _, data = _blob()
     stream = io.BytesIO(b"prefix" + blob)
     stream.seek(6)
@@ -78,6 +80,39 @@ class _NonSeekable(io.RawIOBase):
         return len(chunk)
 
 
+class _TrickleReader(io.RawIOBase):
+    """A seekable raw stream whose reads return at most 5 bytes at a time."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._pos = offset + (len(self._data) if whence == io.SEEK_END else self._pos if whence == io.SEEK_CUR else 0)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: object) -> int:
+        view = memoryview(buffer).cast("B")  # type: ignore[arg-type]
+        chunk = self._data[self._pos:self._pos + min(5, len(view))]
+        view[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+
+def test_reader_copes_with_short_reads() -> None:
+    blob, _, data = _blob()
+    reader = ContainerReader(_TrickleReader(blob))  # type: ignore[arg-type]
+    assert all(np.array_equal(a, b) for a, b in zip(reader.frames(), data))
+
+
 def test_writer_streams_without_seeking() -> None:
     spec = make_spec(20, 20, stored=10)
     frames = [smooth_frame(spec) for _ in range(3)]
@@ -90,10 +125,8 @@ def test_writer_streams_without_seeking() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(reader.frames(), frames))
 
 
-def test_file_on_disk(tmp_path: object) -> None:
-    from pathlib import Path
-
-    path = Path(str(tmp_path)) / "blob.pxc"
+def test_file_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "blob.pxc"
     spec = make_spec(30, 40, stored=16)
     frame = smooth_frame(spec)
     with open(path, "wb") as fp:
@@ -205,8 +238,6 @@ def test_garbage_and_appended_bytes_are_corrupt() -> None:
 
 def _reforge(blob: bytes, frame_count: int, index_offset: int) -> bytes:
     """A footer whose checksum is right but whose numbers lie."""
-    import zlib
-
     body = blob[:-20]
     index = body[index_offset:] if index_offset <= len(body) else b""
     crc = zlib.crc32(index + struct.pack("<QI", index_offset, frame_count)) & 0xFFFFFFFF
