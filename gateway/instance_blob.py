@@ -24,7 +24,7 @@ from typing import IO, Any, BinaryIO
 import zstandard
 
 from gateway.pixels import NativeLayout
-from pixcodec import ContainerReader, ContainerWriter, CorruptBitstream, FrameCodec
+from pixcodec import CodecError, ContainerReader, ContainerWriter, FrameCodec
 
 MAGIC = b"PGWBLOB1"
 FORMAT_VERSION = 1
@@ -296,7 +296,7 @@ def rebuild(fp: IO[bytes], sink: Callable[[bytes], Any]) -> Footer:
         _copy_stream(shell, footer.prefix_length, emit)
         _emit_pixel_value(fp, footer, shell_start + footer.shell_stored_length, emit)
         _copy_stream(shell, footer.suffix_length, emit)
-    except (zstandard.ZstdError, CorruptBitstream) as exc:
+    except (zstandard.ZstdError, CodecError) as exc:
         raise BlobFormatError(f"corrupt instance blob: {exc}") from exc
     if written != footer.dataset_length or digest.hexdigest() != footer.dataset_sha256:
         raise BlobFormatError("rebuilt dataset does not match the SHA-256 recorded at ingest")
