@@ -70,11 +70,14 @@ def _encode_header(codec: FrameCodec, spec: PixelSpec) -> bytes:
 class ContainerWriter:
     """Streams verified frames to `fp`; `finish` appends the index. Nothing is seeked or re-read."""
 
-    def __init__(self, fp: BinaryIO, codec: FrameCodec, spec: PixelSpec) -> None:
+    def __init__(self, fp: BinaryIO, codec: FrameCodec, spec: PixelSpec, *, verify: bool = True) -> None:
+        """`verify=False` only for callers that decode the finished container themselves before
+        trusting it (the stored form is then what gets checked, not an in-memory copy)."""
         reasons = codec.capabilities.unsupported_reasons(spec)
         if reasons:
             raise UnsupportedPixelSpec(f"{codec.codec_id} cannot code this pixel spec: " + "; ".join(reasons))
         self._fp, self._codec, self._spec = fp, codec, spec
+        self._verify = verify
         self._entries: list[FrameEntry] = []
         self._failed: str | None = None
         self._finished = False
@@ -114,6 +117,8 @@ class ContainerWriter:
             raise
         except Exception as exc:  # native libraries raise whatever they like
             raise CodecError(f"{codec_name} failed to encode ({record.describe()}): {exc}") from exc
+        if not self._verify:
+            return payload, record
         try:
             decoded = self._codec.decode(payload, coding)
             restored = preprocess.inverse(np.asarray(decoded).astype(coding.dtype, copy=False), record, self._spec)

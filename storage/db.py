@@ -130,8 +130,8 @@ def unavailable_as(what: str) -> Iterator[None]:
 def migrations_directory() -> Path:
     """The Alembic script directory: the `migrations` package, a sibling of this one when installed.
 
-    Found from this file rather than by `import migrations`: pytest puts `tests/` on sys.path, and
-    there `tests/migrations/` would shadow the real package as an empty namespace package.
+    Found from this file rather than by `import migrations`, which any other `migrations` folder
+    earlier on sys.path (a test tree's, a project's) would shadow.
     """
     directory = Path(__file__).resolve().parent.parent / "migrations"
     if not (directory / "env.py").is_file():
@@ -164,7 +164,7 @@ def upgrade_to_head(engine: Engine) -> None:
         if connection.dialect.name == "postgresql":
             # Without it, a second replica would fail on CREATE TABLE instead of finding the
             # schema already at head once the first one commits.
-            pass
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_UPGRADE_LOCK_KEY)))
         command.upgrade(alembic_config(connection), "head")
 
 

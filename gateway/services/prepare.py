@@ -29,7 +29,7 @@ from gateway.instance_blob import BlobFormatError, PixelMode, PixelPlan, rebuild
 from gateway.metadata import HeaderAttrs, extract
 from gateway.pixels import native_layout
 from gateway.received import ReceivedDataset, dataset_sha256, open_received
-from pixcodec import CodecError, default_registry
+from pixcodec import default_registry
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,14 @@ def prepare(job: IngestJob) -> PreparedInstance:
     timings = [0.0, 0.0]
     try:
         pixel_digest = _write_and_verify(received, job.blob_path, dataset_digest, plan, timings) or pixel_digest
-    except CodecError as exc:
-        fallback, detail = Fallback.CODEC_ERROR, str(exc)
+    except OSError:
+        raise
     except BlobFormatError as exc:
         fallback, detail = Fallback.VERIFICATION_FAILED, str(exc)
+    except Exception as exc:  # CodecError, or anything a native library raises: keep the bytes
+        if plan.mode in (PixelMode.VERBATIM, PixelMode.NONE):
+            raise
+        fallback, detail = Fallback.CODEC_ERROR, f"{type(exc).__name__}: {exc}"
     planned = plan.codec.codec_id if plan.codec is not None else None
     if fallback is not None:
         log.warning("compression not used: %s (%s)", fallback.value, detail)

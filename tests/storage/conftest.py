@@ -148,7 +148,7 @@ def build_blob(key: str, size: int = 400, store: str = "primary-fs") -> BlobRef:
     return BlobRef(store=store, key=key, size=size, sha256=sha(key))
 
 
-# Fixtures rather than imports: test modules here are not a package, so they cannot import helpers.
+# Fixtures rather than imports, so that test modules do not depend on how pytest imports them.
 @pytest.fixture
 def make_meta() -> Callable[..., InstanceMeta]:
     return build_meta

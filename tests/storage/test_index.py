@@ -282,7 +282,8 @@ def test_every_storage_mode_round_trips(
     index: SqlIndex, make_meta: MakeMeta, make_blob: MakeBlob, mode: StorageMode
 ) -> None:
     meta = make_meta()
-    as_mode = dataclasses.replace(meta, instance=dataclasses.replace(meta.instance, storage_mode=mode))
+    instance = dataclasses.replace(meta.instance, storage_mode=mode)
+    as_mode = dataclasses.replace(meta, instance=instance)
     index.record_instance(as_mode, make_blob("1" * 32), REJECT)
 
     found = index.locate(meta.instance.sop_instance_uid)
