@@ -64,7 +64,7 @@ class _Walker:
         self._need(pos, 4, "tag")
         unpack = self._le_tag if little_only else self._tag
         group, elem = unpack.unpack_from(self.buf, pos)
-        return (group << 16) | elem
+        return int((group << 16) | elem)
 
     def header(self, pos: int, implicit: bool, le_only: bool = False) -> tuple[int, bytes | None, int, int]:
         """(tag, vr, value length, value offset) of the element at `pos`."""

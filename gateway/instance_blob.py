@@ -19,7 +19,7 @@ import json
 import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 
@@ -199,7 +199,7 @@ def write_instance_blob(
             raise ValueError("pixcodec storage needs a layout and a codec")
         # The caller rebuilds the finished blob from disk and compares it with the received bytes,
         # which checks the stored frames; decoding each one in memory as well would only cost time.
-        writer = ContainerWriter(Section(out, pixel_start), codec, layout.spec, verify=False)  # type: ignore[arg-type]
+        writer = ContainerWriter(cast(BinaryIO, Section(out, pixel_start)), codec, layout.spec, verify=False)
         src.seek(absolute)
         for _ in range(layout.frames):
             raw = src.read(layout.frame_nbytes)
@@ -294,7 +294,8 @@ def rebuild(fp: IO[bytes], sink: Callable[[bytes], Any]) -> Footer:
 
     try:
         dctx = zstandard.ZstdDecompressor()
-        shell = dctx.stream_reader(Section(fp, shell_start, footer.shell_stored_length), read_across_frames=True)
+        shell_section = cast(IO[bytes], Section(fp, shell_start, footer.shell_stored_length))
+        shell = dctx.stream_reader(shell_section, read_across_frames=True)
         _copy_stream(shell, footer.prefix_length, emit)
         _emit_pixel_value(fp, footer, shell_start + footer.shell_stored_length, emit)
         _copy_stream(shell, footer.suffix_length, emit)
@@ -316,7 +317,7 @@ def _copy_stream(stream: Any, length: int, sink: Callable[[bytes], Any]) -> None
 
 
 def _emit_pixel_value(fp: IO[bytes], footer: Footer, start: int, emit: Callable[[bytes], Any]) -> None:
-    section = Section(fp, start, footer.pixel_stored_length)
+    section = cast(IO[bytes], Section(fp, start, footer.pixel_stored_length))
     mode = footer.pixel_mode
     if mode is PixelMode.NONE:
         return
@@ -326,7 +327,7 @@ def _emit_pixel_value(fp: IO[bytes], footer: Footer, start: int, emit: Callable[
         reader = zstandard.ZstdDecompressor().stream_reader(section, read_across_frames=True)
         _copy_stream(reader, footer.pixel_value_length, emit)
     else:
-        container = ContainerReader(section)  # type: ignore[arg-type]
+        container = ContainerReader(cast(BinaryIO, section))
         layout = _layout_for(footer, container)
         for frame in container.frames():
             emit(layout.frame_to_bytes(frame))

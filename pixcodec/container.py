@@ -48,7 +48,8 @@ class FrameEntry:
 
 
 def _crc(data: bytes | memoryview | npt.NDArray[np.generic]) -> int:
-    return zlib.crc32(data) & 0xFFFFFFFF
+    buffer = data.data if isinstance(data, np.ndarray) else data  # C-contiguous: checked by callers
+    return zlib.crc32(buffer) & 0xFFFFFFFF
 
 
 def _encode_header(codec: FrameCodec, spec: PixelSpec) -> bytes:

@@ -6,13 +6,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from gateway import syntaxes
 from gateway.config import DicomSettings
 
 Handler = tuple[Any, Callable[..., Any]]
+
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def build_ae(settings: DicomSettings) -> AE:
@@ -25,9 +26,10 @@ def build_ae(settings: DicomSettings) -> AE:
     if settings.allowed_calling_aets:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     accepted = list(syntaxes.ACCEPTED)
-    ae.add_supported_context(Verification, [*syntaxes.NATIVE])
+    ae.add_supported_context(VERIFICATION, [*syntaxes.NATIVE])
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, accepted)
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, accepted)
     return ae
 
 

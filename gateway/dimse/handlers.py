@@ -7,9 +7,10 @@ import logging
 import socket
 import threading
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from gateway.errors import GatewayError, Outcome, Service, error_comment, status_category, to_outcome
@@ -116,7 +117,7 @@ class StoreHandler:
 
     def __call__(self, event: Event) -> Dataset:
         self._tracker.bind(event)
-        request = event.request
+        request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID)
         with self._metrics.dimse(Service.C_STORE.value) as observed:
             try:

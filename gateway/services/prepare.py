@@ -191,7 +191,7 @@ def _write_and_verify(
 
 def _decoded_digest(received: ReceivedDataset) -> str | None:
     """SHA-256 of the decoded frames of lossless encapsulated data; None if it cannot be decoded."""
-    from pydicom.pixels import iter_pixels
+    from pydicom.pixels.utils import iter_pixels
 
     digest = hashlib.sha256()
     try:
