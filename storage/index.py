@@ -227,8 +227,8 @@ def _record(
         },
         ("series_instance_uid",),
     )
-    session.add(
-        Instance(
+    session.execute(
+        sa.insert(Instance).values(
             series_pk=series_pk,
             sop_instance_uid=attrs.sop_instance_uid,
             revision=revision,
@@ -258,8 +258,7 @@ def _record(
             blob_sha256=blob.sha256,
         )
     )
-    # The unique (sop_instance_uid, revision) constraint decides a race here, before the totals.
-    session.flush()
+    # The unique (sop_instance_uid, revision) constraint decided any race in that INSERT.
     _add_to_totals(
         session,
         instances=1 if revision == 1 else 0,
@@ -305,6 +304,11 @@ def _get_or_create(
     wait for the first and then reuse its row, instead of failing.
     """
     columns = sa.inspect(entity).columns
+    lookup = sa.select(columns["id"]).where(*(columns[key] == values[key] for key in keys))
+    # Almost every instance belongs to a patient, study and series already indexed: look first.
+    existing = session.execute(lookup).scalar_one_or_none()
+    if existing is not None:
+        return int(existing), False
     inserted = session.execute(
         _dialect_insert(session, entity)
         .values(dict(values))
@@ -313,10 +317,7 @@ def _get_or_create(
     ).scalar_one_or_none()
     if inserted is not None:
         return int(inserted), True
-    existing = session.execute(
-        sa.select(columns["id"]).where(*(columns[key] == values[key] for key in keys))
-    ).scalar_one()
-    return int(existing), False
+    return int(session.execute(lookup).scalar_one()), False
 
 
 def _add_to_totals(session: Session, **deltas: int) -> None:
