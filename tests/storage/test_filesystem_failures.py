@@ -31,9 +31,9 @@ def stored_files(root: Path) -> list[Path]:
 def make_immutable(directory: Path) -> None:
     """The immutable attribute: no entry can be added to the directory, not even by root."""
     if shutil.which("chattr") is None:
-        pytest.skip("chattr is not installed")
+        pytest.fail("chattr is not installed")
     if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
-        pytest.skip("this filesystem does not support the immutable attribute")
+        pytest.fail("this filesystem does not support the immutable attribute")
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+        pytest.fail(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=True)
 
