@@ -181,6 +181,8 @@ def masked_dump(settings: Settings) -> str:
     """The effective configuration as TOML-like text, with passwords masked."""
     data = json.loads(settings.model_dump_json())
     data["database"]["url"] = _mask_url(settings.database_url)
+    data["blobs"]["path"] = str(settings.blob_path)
+    data["ingest"]["spool_dir"] = str(settings.spool_path)
     lines: list[str] = []
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
     for key, value in top.items():

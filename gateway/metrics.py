@@ -33,7 +33,9 @@ def modality_label(modality: str | None) -> str:
 
 
 @dataclass
-class Outcome:
+class DimseObservation:
+    """What the caller of Metrics.dimse() reports back about the request it timed."""
+
     status: int = 0x0000
     category: str = "success"
 
@@ -169,8 +171,8 @@ class Metrics:
         )
 
     @contextmanager
-    def dimse(self, service: str) -> Iterator[Outcome]:
-        outcome = Outcome()
+    def dimse(self, service: str) -> Iterator[DimseObservation]:
+        outcome = DimseObservation()
         started = time.perf_counter()
         try:
             yield outcome

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import DuplicateRejected, OutOfResources
+from gateway.instance_blob import PixelMode
 from gateway.metrics import Metrics, modality_label
 from gateway.services.pool import CodecPool, WorkerLost
 from gateway.services.prepare import Fallback, IngestJob, PreparedInstance, prepare, run_job
@@ -31,7 +32,7 @@ from storage.records import (
 
 log = logging.getLogger(__name__)
 
-_STORAGE_MODE = {"none": StorageMode.NO_PIXELS, "pixcodec": StorageMode.COMPRESSED}
+_STORAGE_MODE = {PixelMode.NONE: StorageMode.NO_PIXELS, PixelMode.PIXCODEC: StorageMode.COMPRESSED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class IngestService:
         blob_path = self._spool_dir / f"{uuid.uuid4().hex}.blob"
         try:
             prepared = self._prepare(request, blob_path)
-            ref = self._put(blob_path, prepared)
+            ref = self._put(blob_path)
         finally:
             blob_path.unlink(missing_ok=True)
         outcome = self._record(request, prepared, ref)
@@ -95,7 +96,7 @@ class IngestService:
             prepared = prepare(replace(job, codec_id=None))
             return replace(prepared, fallback=Fallback.WORKER_LOST, fallback_detail=str(exc))
 
-    def _put(self, blob_path: Path, prepared: PreparedInstance) -> BlobRef:
+    def _put(self, blob_path: Path) -> BlobRef:
         store = self._blobs.name
         try:
             with self._metrics.timed(self._metrics.blob_duration, store, "put"):
@@ -103,9 +104,6 @@ class IngestService:
         except BlobStoreError as exc:
             self._metrics.blob_errors.labels(store, "put").inc()
             raise OutOfResources(f"blob store unavailable: {exc}") from exc
-        if ref.sha256 != prepared.blob_sha256 or ref.size != prepared.blob_size:
-            self._delete(ref)
-            raise OutOfResources("blob store wrote other bytes than were verified")
         return ref
 
     def _record(self, request: StoreRequest, prepared: PreparedInstance, ref: BlobRef) -> RecordOutcome:
@@ -127,7 +125,7 @@ class IngestService:
                 bits_allocated=basics.bits_allocated,
                 bits_stored=basics.bits_stored,
                 photometric_interpretation=basics.photometric_interpretation,
-                storage_mode=_STORAGE_MODE.get(prepared.pixel_mode.value, StorageMode.AS_RECEIVED),
+                storage_mode=_STORAGE_MODE.get(prepared.pixel_mode, StorageMode.AS_RECEIVED),
                 codec_id=prepared.codec_id,
                 codec_version=prepared.codec_version,
                 original_size=prepared.original_size,

@@ -60,7 +60,6 @@ class PreparedInstance:
     codec_version: int | None
     original_size: int
     blob_size: int
-    blob_sha256: str
     dataset_sha256: str
     pixel_sha256: str | None
     encode_seconds: float
@@ -98,17 +97,15 @@ def prepare(job: IngestJob) -> PreparedInstance:
             _write_and_verify(received, job.blob_path, dataset_digest, plan, timings)
         except BlobFormatError as exc:
             raise OutOfResources(f"cannot write a verified blob: {exc}") from exc
-    blob_size, blob_digest = _file_digest(job.blob_path)
     codec = plan.codec
     return PreparedInstance(
         attrs=attrs,
         transfer_syntax_uid=str(received.transfer_syntax),
-        pixel_mode=plan.mode if received.pixel is not None and received.splittable else PixelMode.NONE,
+        pixel_mode=plan.mode,
         codec_id=codec.codec_id if codec is not None else None,
         codec_version=codec.bitstream_version if codec is not None else None,
         original_size=received.dataset_length,
-        blob_size=blob_size,
-        blob_sha256=blob_digest,
+        blob_size=job.blob_path.stat().st_size,
         dataset_sha256=dataset_digest,
         pixel_sha256=pixel_digest,
         encode_seconds=timings[0],
@@ -132,7 +129,7 @@ def _plan(received: ReceivedDataset, codec_id: str | None) -> tuple[PixelPlan, s
     syntax = received.transfer_syntax
     if pixel is None and received.splittable and _needs_pixel_data(received):
         raise PixelDataInconsistent("image SOP class without Pixel Data (dataset cut short?)")
-    if pixel is None or not received.splittable:
+    if pixel is None:  # also every deflated dataset: one stream, kept whole
         return PixelPlan(PixelMode.NONE), None
     if pixel.encapsulated or syntaxes.is_encapsulated(syntax):
         digest = None if syntaxes.is_lossy(syntax) else _decoded_digest(received)
@@ -161,7 +158,7 @@ def _write_and_verify(
     timings: list[float],
 ) -> str | None:
     """Write the blob, then rebuild it and compare with the received bytes; the pixel digest."""
-    pixel = received.pixel if received.splittable else None
+    pixel = received.pixel
     digest = hashlib.sha256()
 
     def on_frame(_raw: bytes, frame: np.ndarray[Any, Any]) -> None:
@@ -201,12 +198,6 @@ def _decoded_digest(received: ReceivedDataset) -> str | None:
         log.warning("lossless encapsulated pixel data does not decode: %s", exc)
         return None
     return digest.hexdigest()
-
-
-def _file_digest(path: Path) -> tuple[int, str]:
-    with path.open("rb") as fp:
-        digest = hashlib.file_digest(fp, "sha256")
-    return path.stat().st_size, digest.hexdigest()
 
 
 def run_job(job: IngestJob) -> PreparedInstance:

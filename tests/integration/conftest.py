@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -133,9 +132,3 @@ def send_files(port: int, paths: list[Path], *, calling_aet: str = "TESTSCU") ->
         finally:
             assoc.release()
     return statuses
-
-
-def copy_corpus_file(path: Path, out_dir: Path) -> Path:
-    out = out_dir / path.name
-    shutil.copyfile(path, out)
-    return out
