@@ -292,7 +292,7 @@ def _dialect_insert(session: Session, entity: type[Base]) -> postgresql.Insert |
         return postgresql.insert(entity)
     if name == "sqlite":
         return sqlite.insert(entity)
-    raise NotImplementedError(f"the index supports PostgreSQL and SQLite, not {name}")
+    raise ValueError(f"the index supports PostgreSQL and SQLite, not {name}")
 
 
 def _get_or_create(
