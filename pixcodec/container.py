@@ -23,15 +23,18 @@ from .base import CodecError, CorruptBitstream, FrameCodec, PixelSpec, Unsupport
 from .preprocess import Mode, Preprocessing
 from .registry import CodecRegistry, default_registry
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "ContainerReader", "ContainerWriter"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "ContainerReader", "ContainerWriter", "EncodedFrame", "encode_frame",
+           "encode_preprocessed"]
 
 MAGIC = b"\x89PXC\r\n\x1a\n"  # PNG-style: a non-ASCII byte and line endings catch text-mode mangling
 END_MAGIC = b"PXCE"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 _PREFIX = struct.Struct("<8sHH")  # magic, format version, header length
 _SPEC = struct.Struct("<HIIBBBBB")  # codec version, rows, columns, samples, BA, BS, PR, planar
-_ENTRY = struct.Struct("<QIBBII")  # offset, length, mode, depth, payload CRC, frame CRC
+_ENTRY_V1 = struct.Struct("<QIBBII")  # offset, length, mode, depth, payload CRC, frame CRC
+_ENTRY = struct.Struct("<QIBBIII")  # version 2 adds the packing table length
 _FOOTER = struct.Struct("<QII4s")  # index offset, frame count, index CRC, end magic
 _CRC = struct.Struct("<I")
 _MAX_HEADER = 4096
@@ -40,11 +43,49 @@ _MAX_NAME = 64
 
 @dataclass(frozen=True, slots=True)
 class FrameEntry:
-    offset: int  # from the start of the container
-    length: int
+    offset: int  # from the start of the container: the packing table, then the payload
+    length: int  # of the payload
     record: Preprocessing
-    payload_crc: int
+    payload_crc: int  # over the packing table and the payload
     frame_crc: int
+    table_length: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.table_length + self.length
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One frame as the container stores it: the codec payload and how to undo the preprocessing."""
+
+    payload: bytes
+    record: Preprocessing
+
+    @property
+    def table(self) -> bytes:
+        return self.record.packing.to_bytes() if self.record.packing is not None else b""
+
+
+def encode_frame(codec: FrameCodec, frame: npt.NDArray[np.integer], spec: PixelSpec, *,
+                 pack: bool = False) -> EncodedFrame:
+    """Preprocess and encode one frame (checked against `spec`), without verifying it."""
+    coded, record = preprocess.forward(frame, spec, pack=pack)
+    return encode_preprocessed(codec, coded, record, spec)
+
+
+def encode_preprocessed(codec: FrameCodec, coded: npt.NDArray[np.unsignedinteger], record: Preprocessing,
+                        spec: PixelSpec) -> EncodedFrame:
+    """Encode a frame `preprocess.forward` already mapped (so several codecs can share one mapping)."""
+    coding = preprocess.coding_spec(spec, record)
+    try:
+        payload = bytes(codec.encode(coded, coding))
+    except CodecError:
+        raise
+    except Exception as exc:  # native libraries raise whatever they like
+        raise CodecError(f"{codec.codec_id}/{codec.bitstream_version} failed to encode "
+                         f"({record.describe()}): {exc}") from exc
+    return EncodedFrame(payload, record)
 
 
 def _crc(data: bytes | memoryview | npt.NDArray[np.generic]) -> int:
@@ -71,14 +112,16 @@ def _encode_header(codec: FrameCodec, spec: PixelSpec) -> bytes:
 class ContainerWriter:
     """Streams verified frames to `fp`; `finish` appends the index. Nothing is seeked or re-read."""
 
-    def __init__(self, fp: BinaryIO, codec: FrameCodec, spec: PixelSpec, *, verify: bool = True) -> None:
+    def __init__(self, fp: BinaryIO, codec: FrameCodec, spec: PixelSpec, *, verify: bool = True,
+                 pack: bool = False) -> None:
         """`verify=False` only for callers that decode the finished container themselves before
-        trusting it (the stored form is then what gets checked, not an in-memory copy)."""
+        trusting it (the stored form is then what gets checked, not an in-memory copy).
+        `pack` applies histogram packing to every frame whose values it can renumber."""
         reasons = codec.capabilities.unsupported_reasons(spec)
         if reasons:
             raise UnsupportedPixelSpec(f"{codec.codec_id} cannot code this pixel spec: " + "; ".join(reasons))
         self._fp, self._codec, self._spec = fp, codec, spec
-        self._verify = verify
+        self._verify, self._pack = verify, pack
         self._entries: list[FrameEntry] = []
         self._failed: str | None = None
         self._finished = False
@@ -93,41 +136,41 @@ class ContainerWriter:
     def bytes_written(self) -> int:
         return self._written
 
-    def add_frame(self, frame: npt.NDArray[np.integer]) -> None:
-        """Preprocess, encode, decode again and compare; write the payload only if it is exact."""
+    def add_frame(self, frame: npt.NDArray[np.integer], encoded: EncodedFrame | None = None) -> None:
+        """Preprocess, encode, decode again and compare; write the payload only if it is exact.
+
+        `encoded` is this frame already encoded with this writer's codec (by the mode decision),
+        so it is not encoded twice; it is verified all the same.
+        """
         if self._finished:
             raise CodecError("the container is already finished")
         self._spec.check_frame(frame)
         frame = np.ascontiguousarray(frame)
         try:
-            payload, record = self._encode_verified(frame)
+            if encoded is None:
+                encoded = encode_frame(self._codec, frame, self._spec, pack=self._pack)
+            if self._verify:
+                self._check(encoded, frame)
         except CodecError as exc:
             # A blob missing a frame must never be finished as if it were whole.
             self._failed = str(exc)
             raise
-        self._entries.append(FrameEntry(self._written, len(payload), record, _crc(payload), _crc(frame)))
-        self._write(payload)
+        table = encoded.table
+        self._entries.append(FrameEntry(self._written, len(encoded.payload), encoded.record,
+                                        _crc(table + encoded.payload), _crc(frame), len(table)))
+        self._write(table + encoded.payload)
 
-    def _encode_verified(self, frame: npt.NDArray[np.integer]) -> tuple[bytes, Preprocessing]:
-        coded, record = preprocess.forward(frame, self._spec)
+    def _check(self, encoded: EncodedFrame, frame: npt.NDArray[np.integer]) -> None:
+        record = encoded.record
         coding = preprocess.coding_spec(self._spec, record)
         codec_name = f"{self._codec.codec_id}/{self._codec.bitstream_version}"
         try:
-            payload = bytes(self._codec.encode(coded, coding))
-        except CodecError:
-            raise
-        except Exception as exc:  # native libraries raise whatever they like
-            raise CodecError(f"{codec_name} failed to encode ({record.describe()}): {exc}") from exc
-        if not self._verify:
-            return payload, record
-        try:
-            decoded = self._codec.decode(payload, coding)
+            decoded = self._codec.decode(encoded.payload, coding)
             restored = preprocess.inverse(np.asarray(decoded).astype(coding.dtype, copy=False), record, self._spec)
         except Exception as exc:
             raise VerificationFailed(f"{codec_name} cannot decode its own output ({record.describe()}): {exc}") from exc
         if restored.dtype != frame.dtype or restored.shape != frame.shape or not np.array_equal(restored, frame):
             raise VerificationFailed(f"{codec_name} did not round-trip the frame exactly ({record.describe()})")
-        return payload, record
 
     def finish(self) -> int:
         """Write the frame index and footer; return the container's total size in bytes."""
@@ -137,7 +180,8 @@ class ContainerWriter:
             raise CodecError(f"a frame failed, the container cannot be finished: {self._failed}")
         index_offset = self._written
         index = b"".join(
-            _ENTRY.pack(e.offset, e.length, int(e.record.mode), e.record.depth, e.payload_crc, e.frame_crc)
+            _ENTRY.pack(e.offset, e.length, int(e.record.mode), e.record.depth, e.payload_crc, e.frame_crc,
+                        e.table_length)
             for e in self._entries
         )
         protected = index + struct.pack("<QI", index_offset, len(self._entries))
@@ -169,7 +213,7 @@ class ContainerReader:
             self._size = fp.seek(0, io.SEEK_END) - self._start
         except (OSError, ValueError) as exc:
             raise CodecError(f"the container stream must be seekable: {exc}") from exc
-        self._header_length, self.codec_id, self.codec_version, self.spec = self._read_header()
+        self._header_length, self.format_version, self.codec_id, self.codec_version, self.spec = self._read_header()
         self._entries = self._read_index()
         self.codec: FrameCodec = (registry or default_registry()).get(self.codec_id, self.codec_version)
 
@@ -178,36 +222,46 @@ class ContainerReader:
         return len(self._entries)
 
     def preprocessing(self, index: int) -> Preprocessing:
-        return self._entry(index).record
+        """How frame `index` was preprocessed, its packing table included (read and checked)."""
+        return self.encoded(index).record
+
+    def encoded(self, index: int) -> EncodedFrame:
+        """The stored frame: its codec payload and preprocessing record, CRC-checked."""
+        entry = self._entry(index)
+        data = self._read_at(entry.offset, entry.table_length + entry.length)
+        if _crc(data) != entry.payload_crc:
+            raise CorruptBitstream(f"frame {index}: payload checksum mismatch")
+        record = entry.record
+        if entry.table_length:
+            record = preprocess.parse_record(record.mode, record.depth, data[:entry.table_length])
+        return EncodedFrame(data[entry.table_length:], record)
 
     def payload(self, index: int) -> bytes:
         """The codec's payload for one frame, CRC-checked."""
-        entry = self._entry(index)
-        payload = self._read_at(entry.offset, entry.length)
-        if _crc(payload) != entry.payload_crc:
-            raise CorruptBitstream(f"frame {index}: payload checksum mismatch")
-        return payload
+        return self.encoded(index).payload
 
     def standard_codestream(self, index: int) -> bytes | None:
         """The payload if it is, as is, a frame for the codec's DICOM transfer syntax, else None.
 
-        True when the coded values are the stored values (unsigned, bits above Bits Stored clear):
-        the gateway may then send it without decoding. Signed frames are stored offset and frames
-        with overlay bits as full words, which a standard decoder would not give back as stored.
-        The transfer syntax's own rules (e.g. PS3.5 8.2.3 photometric interpretations) stay the
-        caller's to check.
+        True when the coded values are the stored values (unsigned, bits above Bits Stored clear,
+        not packed): the gateway may then send it without decoding. Signed frames are stored
+        offset and frames with overlay bits as full words, which a standard decoder would not give
+        back as stored. The transfer syntax's own rules (e.g. PS3.5 8.2.3 photometric
+        interpretations) stay the caller's to check.
         """
-        record = self.preprocessing(index)
-        if self.codec.transfer_syntax_uid is None or record.mode is not Mode.DEPTH or record.depth < 2:
+        entry = self._entry(index)
+        record = entry.record
+        if (self.codec.transfer_syntax_uid is None or record.mode is not Mode.DEPTH or record.depth < 2
+                or entry.table_length):
             return None
         return self.payload(index)
 
     def frame(self, index: int) -> npt.NDArray[np.integer]:
         entry = self._entry(index)
-        payload = self.payload(index)
-        coding = preprocess.coding_spec(self.spec, entry.record)
+        encoded = self.encoded(index)
+        coding = preprocess.coding_spec(self.spec, encoded.record)
         try:
-            decoded = np.asarray(self.codec.decode(payload, coding))
+            decoded = np.asarray(self.codec.decode(encoded.payload, coding))
         except CorruptBitstream:
             raise
         except Exception as exc:
@@ -215,7 +269,7 @@ class ContainerReader:
         if decoded.dtype != coding.dtype or decoded.shape != coding.frame_shape:
             raise CorruptBitstream(f"frame {index}: decoded {decoded.dtype}{decoded.shape}, "
                                    f"expected {coding.dtype}{coding.frame_shape}")
-        frame = np.ascontiguousarray(preprocess.inverse(decoded, entry.record, self.spec))
+        frame = np.ascontiguousarray(preprocess.inverse(decoded, encoded.record, self.spec))
         if _crc(frame) != entry.frame_crc:
             raise CorruptBitstream(f"frame {index}: decoded pixels do not match their stored checksum")
         return frame
@@ -242,13 +296,13 @@ class ContainerReader:
             raise CorruptBitstream(f"truncated: {length} bytes expected at {offset}, got {len(data)}")
         return data
 
-    def _read_header(self) -> tuple[int, str, int, PixelSpec]:
+    def _read_header(self) -> tuple[int, int, str, int, PixelSpec]:
         if self._size < _PREFIX.size + _FOOTER.size:
             raise CorruptBitstream(f"{self._size} bytes is too short for a container")
         magic, version, length = _PREFIX.unpack(self._read_at(0, _PREFIX.size))
         if magic != MAGIC:
             raise CorruptBitstream("not a pixcodec container (bad magic)")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise CorruptBitstream(f"container format version {version} is not known to this release")
         if not _PREFIX.size + _CRC.size < length <= min(_MAX_HEADER, self._size - _FOOTER.size):
             raise CorruptBitstream(f"header length {length} is impossible")
@@ -256,7 +310,7 @@ class ContainerReader:
         if _crc(header[:-_CRC.size]) != _CRC.unpack(header[-_CRC.size:])[0]:
             raise CorruptBitstream("header checksum mismatch")
         try:
-            return (length, *_parse_header_body(header[_PREFIX.size:-_CRC.size]))
+            return (length, version, *_parse_header_body(header[_PREFIX.size:-_CRC.size]))
         except (struct.error, IndexError, UnicodeDecodeError, UnsupportedPixelSpec) as exc:
             raise CorruptBitstream(f"malformed header: {exc}") from exc
 
@@ -265,7 +319,8 @@ class ContainerReader:
             self._read_at(self._size - _FOOTER.size, _FOOTER.size))
         if end_magic != END_MAGIC:
             raise CorruptBitstream("bad footer magic (truncated or unfinished container)")
-        index_length = count * _ENTRY.size
+        entry_format = _ENTRY if self.format_version >= 2 else _ENTRY_V1
+        index_length = count * entry_format.size
         if index_offset < self._header_length or index_offset + index_length != self._size - _FOOTER.size:
             raise CorruptBitstream(f"footer index offset {index_offset} / frame count {count} do not fit the size")
         index = self._read_at(index_offset, index_length)
@@ -273,14 +328,16 @@ class ContainerReader:
             raise CorruptBitstream("frame index checksum mismatch")
         entries: list[FrameEntry] = []
         expected_offset = self._header_length
-        for number, fields in enumerate(_ENTRY.iter_unpack(index)):
-            offset, length, mode, depth, payload_crc, frame_crc = fields
-            record = preprocess.parse_record(mode, depth)
+        for number, fields in enumerate(entry_format.iter_unpack(index)):
+            offset, length, mode, depth, payload_crc, frame_crc, *rest = fields
+            table_length = rest[0] if rest else 0
+            record = preprocess.parse_record(mode, depth)  # a packing table is read with its frame
             preprocess.check_record(record, self.spec)
+            entry = FrameEntry(offset, length, record, payload_crc, frame_crc, table_length)
             if offset != expected_offset or length < 1:
                 raise CorruptBitstream(f"frame {number}: payload at {offset}+{length} breaks the frame sequence")
-            expected_offset = offset + length
-            entries.append(FrameEntry(offset, length, record, payload_crc, frame_crc))
+            expected_offset = entry.end
+            entries.append(entry)
         if expected_offset != index_offset:
             raise CorruptBitstream("frame payloads do not end where the index starts")
         return entries

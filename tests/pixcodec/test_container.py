@@ -31,12 +31,12 @@ from pixcodec.container import MAGIC
 from .helpers import clean_frame, make_spec, smooth_frame
 
 
-def _blob(codec: object = None, frames: int = 2) -> tuple[bytes, PixelSpec, list[np.ndarray]]:
+def _blob(codec: object = None, frames: int = 2, pack: bool = False) -> tuple[bytes, PixelSpec, list[np.ndarray]]:
     spec = make_spec(6, 5, stored=12, signed=True)
     rng = np.random.default_rng(3)
     data = [clean_frame(spec, rng) for _ in range(frames)]
     buffer = io.BytesIO()
-    writer = ContainerWriter(buffer, codec or JpegLsCodec(), spec)  # type: ignore[arg-type]
+    writer = ContainerWriter(buffer, codec or JpegLsCodec(), spec, pack=pack)  # type: ignore[arg-type]
     for frame in data:
         writer.add_frame(frame)
     writer.finish()
@@ -213,9 +213,12 @@ def test_every_truncation_is_corrupt(codec: object) -> None:
             _read_all(blob[:length])
 
 
-@pytest.mark.parametrize("codec", [JpegLsCodec(), ZstdCodec()], ids=["jpeg-ls", "zstd"])
-def test_every_single_byte_mutation_is_corrupt(codec: object) -> None:
-    blob, _, _ = _blob(codec)
+@pytest.mark.parametrize(("codec", "pack"), [(JpegLsCodec(), False), (ZstdCodec(), False), (JpegLsCodec(), True)],
+                         ids=["jpeg-ls", "zstd", "jpeg-ls-packed"])
+def test_every_single_byte_mutation_is_corrupt(codec: object, pack: bool) -> None:
+    blob, _, _ = _blob(codec, pack=pack)
+    if pack:
+        assert ContainerReader(io.BytesIO(blob)).preprocessing(0).packing is not None
     for position in range(len(blob)):
         for flip in (0x01, 0x80, 0xFF):
             mutated = bytearray(blob)
@@ -251,3 +254,45 @@ def test_consistent_checksums_with_impossible_numbers_are_corrupt() -> None:
                           (2, 2**63), (0, len(blob) - 20)]:
         with pytest.raises(CorruptBitstream):
             _read_all(_reforge(blob, count, offset))
+
+
+def _as_format_1(blob: bytes) -> bytes:
+    """The same frames in format version 1 (no packing tables), as the first release wrote them."""
+    header_length = struct.unpack_from("<H", blob, 10)[0]
+    header = bytearray(blob[:header_length - 4])
+    struct.pack_into("<H", header, 8, 1)
+    header_bytes = bytes(header) + struct.pack("<I", zlib.crc32(bytes(header)) & 0xFFFFFFFF)
+    index_offset, count = struct.unpack("<QI", blob[-20:-8])
+    entries = [struct.unpack_from("<QIBBIII", blob, index_offset + 26 * i) for i in range(count)]
+    assert all(entry[6] == 0 for entry in entries)
+    index = b"".join(struct.pack("<QIBBII", *entry[:6]) for entry in entries)
+    protected = index + struct.pack("<QI", index_offset, count)
+    footer = struct.pack("<QII4s", index_offset, count, zlib.crc32(protected) & 0xFFFFFFFF, b"PXCE")
+    return header_bytes + blob[header_length:index_offset] + index + footer
+
+
+def test_format_1_containers_still_decode() -> None:
+    blob, spec, frames = _blob(frames=3)
+    old = _as_format_1(blob)
+    assert len(old) == len(blob) - 3 * 4
+    reader = ContainerReader(io.BytesIO(old))
+    assert reader.format_version == 1 and reader.spec == spec
+    assert all(np.array_equal(a, b) for a, b in zip(reader.frames(), frames, strict=True))
+    for length in (len(old) - 1, len(old) - 21, 30):
+        with pytest.raises(CorruptBitstream):
+            _read_all(old[:length])
+
+
+def test_packed_frames_round_trip_and_are_not_offered_as_standard_codestreams() -> None:
+    spec = make_spec(40, 30, stored=16)
+    frame = (smooth_frame(make_spec(40, 30, stored=10)).astype(np.uint32) * 13).astype(np.uint16)
+    buffer = io.BytesIO()
+    writer = ContainerWriter(buffer, JpegLsCodec(), spec, pack=True)
+    writer.add_frame(frame)
+    writer.finish()
+    buffer.seek(0)
+    reader = ContainerReader(buffer)
+    record = reader.preprocessing(0)
+    assert record.packing is not None and record.coded_depth < 16
+    assert np.array_equal(reader.frame(0), frame)
+    assert reader.standard_codestream(0) is None
