@@ -15,11 +15,13 @@ from sqlalchemy.engine import Engine
 
 from gateway.config import Settings
 from gateway.dimse.ae import build_ae, event_handlers
+from gateway.dimse.find import FindHandler, accept_extended_negotiation
 from gateway.dimse.handlers import AssociationTracker, EchoHandler, StoreHandler
 from gateway.http.server import HttpServer
 from gateway.metrics import IndexSizeCollector, Metrics
 from gateway.services.ingest import IngestService
 from gateway.services.pool import CodecPool
+from gateway.services.query import QueryService
 from storage.blobs.base import BlobStore
 from storage.blobs.database import DatabaseBlobStore
 from storage.blobs.filesystem import FilesystemBlobStore
@@ -101,6 +103,7 @@ class Gateway:
             spool_dir=settings.spool_path,
             duplicates=settings.ingest.duplicates,
         )
+        self.query = QueryService(self.engine, self.blobs, ae_title=settings.dicom.ae_title)
         tracker = AssociationTracker(self.metrics, frozenset(settings.dicom.allowed_calling_aets))
         self.ae = build_ae(settings.dicom)
         self._handlers = event_handlers(
@@ -111,6 +114,8 @@ class Gateway:
             on_aborted=tracker.on_aborted,
             on_echo=EchoHandler(tracker, self.metrics),
             on_store=StoreHandler(self.ingest, tracker, self.metrics),
+            on_find=FindHandler(self.query, tracker, self.metrics),
+            on_sop_extended=accept_extended_negotiation,
         )
         self.http: HttpServer | None = None
         if settings.http.enabled:

@@ -39,6 +39,14 @@ class DatasetDoesNotMatchSOPClass(GatewayError):
     reason = "dataset_mismatch"
 
 
+class InvalidIdentifier(GatewayError):
+    """A C-FIND/GET/MOVE identifier breaks the query rules: no or unknown level, a missing unique
+    key in a hierarchical query, a wildcard in a UID, a malformed range."""
+
+    default_status = 0xA900
+    reason = "invalid_identifier"
+
+
 class CannotUnderstand(GatewayError):
     """The dataset cannot be parsed at all (garbage, truncated encoding)."""
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine, Row
 from sqlalchemy.orm import Session
 
 from storage.db import IndexUnavailable, describe, for_writing, unavailable_as
+from storage.matching import fold_person_name
 from storage.models import Base, IndexTotals, Instance, Patient, Series, Study
 from storage.records import (
     BlobRef,
@@ -194,6 +195,7 @@ def _record(
             "patient_id": meta.patient.patient_id,
             "issuer_of_patient_id": meta.patient.issuer_of_patient_id,
             "patient_name": meta.patient.patient_name,
+            "patient_name_folded": fold_person_name(meta.patient.patient_name),
             "birth_date": meta.patient.birth_date,
             "sex": meta.patient.sex,
         },
@@ -211,6 +213,7 @@ def _record(
             "study_id": meta.study.study_id,
             "study_description": meta.study.study_description,
             "referring_physician_name": meta.study.referring_physician_name,
+            "referring_physician_name_folded": fold_person_name(meta.study.referring_physician_name),
         },
         ("study_instance_uid",),
     )

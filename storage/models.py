@@ -72,6 +72,8 @@ class Patient(Base):
     # "" when the dataset has none, so that the unique constraint treats them as one issuer.
     issuer_of_patient_id: Mapped[str]
     patient_name: Mapped[str | None] = mapped_column(index=True)
+    # Case-folded copy that C-FIND matches on (storage.matching.fold_person_name).
+    patient_name_folded: Mapped[str | None] = mapped_column(index=True)
     birth_date: Mapped[str | None]
     sex: Mapped[str | None]
 
@@ -88,6 +90,7 @@ class Study(Base):
     study_id: Mapped[str | None]
     study_description: Mapped[str | None]
     referring_physician_name: Mapped[str | None]
+    referring_physician_name_folded: Mapped[str | None]
 
 
 class Series(Base):
@@ -116,6 +119,8 @@ class Instance(Base):
         sha256_check("blob_sha256"),
         # The sweeper asks which blob keys are still referenced.
         sa.Index(None, "blob_store", "blob_key"),
+        # C-FIND counts the current instances of a batch of series from the index alone.
+        sa.Index(None, "series_pk", "is_current"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -15,6 +15,9 @@ Handler = tuple[Any, Callable[..., Any]]
 
 VERIFICATION = "1.2.840.10008.1.1"
 
+# Patient Root and Study Root Query/Retrieve - FIND.
+QUERY_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+
 
 def build_ae(settings: DicomSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
@@ -27,6 +30,8 @@ def build_ae(settings: DicomSettings) -> AE:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     accepted = list(syntaxes.ACCEPTED)
     ae.add_supported_context(VERIFICATION, [*syntaxes.NATIVE])
+    for sop_class in QUERY_FIND:
+        ae.add_supported_context(sop_class, [*syntaxes.NATIVE])
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, accepted)
@@ -42,7 +47,10 @@ def event_handlers(
     on_aborted: Callable[..., Any],
     on_echo: Callable[..., Any],
     on_store: Callable[..., Any],
+    on_find: Callable[..., Any] | None = None,
+    on_sop_extended: Callable[..., Any] | None = None,
 ) -> Sequence[Handler]:
+    optional = [(evt.EVT_C_FIND, on_find), (evt.EVT_SOP_EXTENDED, on_sop_extended)]
     return [
         (evt.EVT_CONN_OPEN, on_conn_open),
         (evt.EVT_ACCEPTED, on_accepted),
@@ -51,4 +59,5 @@ def event_handlers(
         (evt.EVT_ABORTED, on_aborted),
         (evt.EVT_C_ECHO, on_echo),
         (evt.EVT_C_STORE, on_store),
+        *((event, handler) for event, handler in optional if handler is not None),
     ]

@@ -21,7 +21,7 @@ from gateway.services.ingest import IngestService, StoreRequest
 log = logging.getLogger(__name__)
 
 
-def _status(outcome: Outcome) -> Dataset:
+def status_dataset(outcome: Outcome) -> Dataset:
     status = Dataset()
     status.Status = outcome.status
     if outcome.comment and outcome.category == "failure":
@@ -156,4 +156,4 @@ class StoreHandler:
             observed.status, observed.category = outcome.status, status_category(outcome.status)
             if observed.category == "failure":
                 self._metrics.dimse_failures.labels(Service.C_STORE.value, outcome.reason).inc()
-        return _status(outcome)
+        return status_dataset(outcome)
