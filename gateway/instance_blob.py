@@ -25,6 +25,7 @@ import zstandard
 
 from gateway.pixels import NativeLayout
 from pixcodec import CodecError, ContainerReader, ContainerWriter, FrameCodec
+from pixcodec.decide import Budget, Decision, decide, probe_index
 
 MAGIC = b"PGWBLOB1"
 FORMAT_VERSION = 1
@@ -150,10 +151,15 @@ def copy_range(src: IO[bytes], start: int, length: int, sink: Callable[[bytes], 
 
 @dataclass(frozen=True, slots=True)
 class PixelPlan:
-    """How the pixel value of one dataset is to be stored."""
+    """How the pixel value of one dataset is to be stored.
+
+    For PIXCODEC, either a `budget` (the mode decision picks the codec on a probe frame) or a
+    fixed `codec`.
+    """
 
     mode: PixelMode
     layout: NativeLayout | None = None
+    budget: Budget | None = None
     codec: FrameCodec | None = None
 
 
@@ -185,6 +191,7 @@ def write_instance_blob(
     pixel_start = out.tell()
     value_len = value_end - value_start
     layout_record: LayoutRecord | None = None
+    extra: dict[str, Any] = {}
     codec_id: str | None = None
     codec_version: int | None = None
     absolute = dataset_offset + value_start
@@ -194,19 +201,23 @@ def write_instance_blob(
         with cctx.stream_writer(out, closefd=False) as zw:
             copy_range(src, absolute, value_len, zw.write)
     elif mode is PixelMode.PIXCODEC:
-        layout, codec = plan.layout, plan.codec
-        if layout is None or codec is None:
-            raise ValueError("pixcodec storage needs a layout and a codec")
+        layout = plan.layout
+        if layout is None or (plan.budget is None and plan.codec is None):
+            raise ValueError("pixcodec storage needs a layout and a budget or codec")
+        decision = _decide(src, absolute, layout, plan) if plan.codec is None else None
+        codec = decision.codec if decision is not None else cast(FrameCodec, plan.codec)
         # The caller rebuilds the finished blob from disk and compares it with the received bytes,
         # which checks the stored frames; decoding each one in memory as well would only cost time.
-        writer = ContainerWriter(cast(BinaryIO, Section(out, pixel_start)), codec, layout.spec, verify=False)
+        writer = ContainerWriter(cast(BinaryIO, Section(out, pixel_start)), codec, layout.spec, verify=False,
+                                 pack=decision.pack if decision is not None else False)
+        probe = probe_index(layout.frames)
         src.seek(absolute)
-        for _ in range(layout.frames):
+        for index in range(layout.frames):
             raw = src.read(layout.frame_nbytes)
             frame = layout.frame_from_bytes(raw)
             if on_frame is not None:
                 on_frame(raw, frame)
-            writer.add_frame(frame)
+            writer.add_frame(frame, decision.encoded if decision is not None and index == probe else None)
         writer.finish()
         out.seek(0, io.SEEK_END)
         tail = src.read(value_len - layout.frames_nbytes)
@@ -214,6 +225,8 @@ def write_instance_blob(
             layout.dtype, layout.planar, layout.swap_pairs, layout.samples, tail.hex()
         )
         codec_id, codec_version = codec.codec_id, codec.bitstream_version
+        if decision is not None and plan.budget is not None:
+            extra = {"budget": plan.budget.name, "candidate": decision.candidate.name}
     footer = Footer(
         format=FORMAT_VERSION,
         dataset_length=dataset_length,
@@ -227,12 +240,21 @@ def write_instance_blob(
         codec_id=codec_id,
         codec_version=codec_version,
         layout=layout_record,
+        extra=extra,
     )
     encoded = footer.to_json()
     out.write(encoded)
     out.write(_FOOTER_LEN.pack(len(encoded)))
     out.write(MAGIC)
     return footer
+
+
+def _decide(src: IO[bytes], absolute: int, layout: NativeLayout, plan: PixelPlan) -> Decision:
+    """The mode decision on the probe frame, read from the source without disturbing the copy."""
+    src.seek(absolute + probe_index(layout.frames) * layout.frame_nbytes)
+    frame = layout.frame_from_bytes(src.read(layout.frame_nbytes))
+    # Not verified here: the caller rebuilds the whole blob from disk and compares it.
+    return decide(frame, layout.spec, cast(Budget, plan.budget), verify=False)
 
 
 def read_footer(fp: IO[bytes]) -> tuple[Footer, int]:

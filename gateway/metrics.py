@@ -122,6 +122,12 @@ class Metrics:
             ["codec"],
             registry=registry,
         )
+        self.codec_decisions = Counter(
+            "pacsgw_codec_decisions",
+            "Instances coded by the mode decision, by budget and winning candidate (codec and settings)",
+            ["budget", "candidate"],
+            registry=registry,
+        )
         self.fallbacks = Counter(
             "pacsgw_compression_fallbacks",
             "Instances stored as received although compression was planned, by reason",

@@ -17,10 +17,26 @@ from .base import (
 from .container import ContainerReader, ContainerWriter
 from .preprocess import Mode, Preprocessing
 from .registry import CodecRegistry, default_registry
-from .standard import JPEG_LS_LOSSLESS_UID, JpegLsCodec, ZstdCodec
+from .standard import (
+    HTJ2K_LOSSLESS_UID,
+    JPEG_2000_LOSSLESS_UID,
+    JPEG_LS_LOSSLESS_UID,
+    JPEG_XL_LOSSLESS_UID,
+    RLE_LOSSLESS_UID,
+    Htj2kCodec,
+    Jpeg2000Codec,
+    JpegLsCodec,
+    JpegXlCodec,
+    RleCodec,
+    ZstdCodec,
+)
 
 __all__ = [
+    "HTJ2K_LOSSLESS_UID",
+    "JPEG_2000_LOSSLESS_UID",
     "JPEG_LS_LOSSLESS_UID",
+    "JPEG_XL_LOSSLESS_UID",
+    "RLE_LOSSLESS_UID",
     "Capabilities",
     "CodecError",
     "CodecRegistry",
@@ -29,10 +45,14 @@ __all__ = [
     "ContainerWriter",
     "CorruptBitstream",
     "FrameCodec",
+    "Htj2kCodec",
+    "Jpeg2000Codec",
     "JpegLsCodec",
+    "JpegXlCodec",
     "Mode",
     "PixelSpec",
     "Preprocessing",
+    "RleCodec",
     "UnsupportedPixelSpec",
     "VerificationFailed",
     "ZstdCodec",

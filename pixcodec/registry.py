@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import CodecUnavailable, FrameCodec, PixelSpec, UnsupportedPixelSpec
-from .standard import JpegLsCodec, ZstdCodec
+from .standard import Htj2kCodec, Jpeg2000Codec, JpegLsCodec, JpegXlCodec, RleCodec, ZstdCodec
 
 __all__ = ["CodecRegistry", "default_registry"]
 
@@ -69,8 +69,16 @@ class CodecRegistry:
 
 
 def default_registry() -> CodecRegistry:
-    """A fresh registry with every built-in codec: JPEG-LS first (smaller), then zstd (takes anything)."""
+    """A fresh registry with every built-in codec, one instance per (codec_id, bitstream_version).
+
+    Preference order, with one 512x512 12-bit CT slice (ratio, single-thread encode ms):
+    JPEG-LS (3.9, 5.5) takes every 8/16-bit frame of 1 or 3 samples; the others matter when it
+    is unavailable: HTJ2K (3.5, 2.0), JPEG 2000 (3.8, 22), JPEG XL at effort 7 (4.2, 108; its
+    instance decodes every effort), zstd (2.9, 1.4), which takes anything, and RLE (2.1, 5.0) after
+    it: RLE is there to decode and to serve peers that ask for RLE Lossless, never the better
+    choice for storage (32-bit words included, where zstd is smaller and faster).
+    """
     registry = CodecRegistry()
-    registry.register(JpegLsCodec())
-    registry.register(ZstdCodec())
+    for codec in (JpegLsCodec(), Htj2kCodec(), Jpeg2000Codec(), JpegXlCodec(), ZstdCodec(), RleCodec()):
+        registry.register(codec)
     return registry

@@ -59,12 +59,12 @@ class IngestService:
         metrics: Metrics,
         spool_dir: Path,
         duplicates: DuplicatePolicy,
-        codec_id: str = "auto",
+        budget: str = "ingest",
     ) -> None:
         self._index, self._blobs, self._pool, self._metrics = index, blobs, pool, metrics
         self._spool_dir = spool_dir
         self._duplicates = duplicates
-        self._codec_id = codec_id
+        self._budget = budget
 
     def store(self, request: StoreRequest) -> StoreResult:
         """Store one received dataset durably; raises GatewayError with the reason it was not."""
@@ -86,14 +86,14 @@ class IngestService:
             blob_path=blob_path,
             sop_class_uid=request.sop_class_uid,
             sop_instance_uid=request.sop_instance_uid,
-            codec_id=self._codec_id,
+            budget=self._budget,
         )
         try:
             return self._pool.run(run_job, job)
         except WorkerLost as exc:
             self._metrics.fallbacks.labels(Fallback.WORKER_LOST.value).inc()
             log.error("codec worker died; storing the instance as received", extra={"fields": {"error": str(exc)}})
-            prepared = prepare(replace(job, codec_id=None))
+            prepared = prepare(replace(job, budget=None))
             return replace(prepared, fallback=Fallback.WORKER_LOST, fallback_detail=str(exc))
 
     def _put(self, blob_path: Path) -> BlobRef:
@@ -169,6 +169,8 @@ class IngestService:
         m.codec_output_bytes.labels(codec).inc(prepared.blob_size)
         m.codec_duration.labels(codec, "encode").observe(prepared.encode_seconds)
         m.codec_duration.labels(codec, "verify").observe(prepared.verify_seconds)
+        if prepared.candidate is not None and prepared.fallback is None:
+            m.codec_decisions.labels(self._budget, prepared.candidate).inc()
         if prepared.fallback is not None and prepared.fallback is not Fallback.WORKER_LOST:
             m.fallbacks.labels(prepared.fallback.value).inc()
             if prepared.fallback is Fallback.VERIFICATION_FAILED:

@@ -25,11 +25,11 @@ from gateway.errors import (
     OutOfResources,
     PixelDataInconsistent,
 )
-from gateway.instance_blob import BlobFormatError, PixelMode, PixelPlan, rebuild, write_instance_blob
+from gateway.instance_blob import BlobFormatError, Footer, PixelMode, PixelPlan, rebuild, write_instance_blob
 from gateway.metadata import HeaderAttrs, extract
 from gateway.pixels import native_layout
 from gateway.received import ReceivedDataset, dataset_sha256, open_received
-from pixcodec import default_registry
+from pixcodec.decide import budget_named
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class IngestJob:
     blob_path: Path
     sop_class_uid: str  # from the C-STORE command
     sop_instance_uid: str
-    codec_id: str | None  # "auto", a registered codec id, or None: never run a native codec
+    budget: str | None  # a pixcodec.decide budget name, or None: never run a native codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,7 @@ class PreparedInstance:
     fallback: Fallback | None
     fallback_detail: str | None
     planned_codec_id: str | None  # the codec that was tried, also when it was not kept
+    candidate: str | None  # the mode decision's winner (codec and settings), when it ran
 
 
 def prepare(job: IngestJob) -> PreparedInstance:
@@ -75,12 +76,12 @@ def prepare(job: IngestJob) -> PreparedInstance:
     attrs = extract(received.header)
     _check_command_uids(attrs, job)
     dataset_digest = dataset_sha256(received)
-    plan, pixel_digest = _plan(received, job.codec_id)
+    plan, pixel_digest = _plan(received, job.budget)
     fallback: Fallback | None = None
     detail: str | None = None
-    timings = [0.0, 0.0]
+    attempt = _Attempt()
     try:
-        pixel_digest = _write_and_verify(received, job.blob_path, dataset_digest, plan, timings) or pixel_digest
+        pixel_digest = _write_and_verify(received, job.blob_path, dataset_digest, plan, attempt) or pixel_digest
     except OSError:
         raise
     except BlobFormatError as exc:
@@ -89,31 +90,41 @@ def prepare(job: IngestJob) -> PreparedInstance:
         if plan.mode in (PixelMode.VERBATIM, PixelMode.NONE):
             raise
         fallback, detail = Fallback.CODEC_ERROR, f"{type(exc).__name__}: {exc}"
-    planned = plan.codec.codec_id if plan.codec is not None else None
+    planned = attempt.footer.codec_id if attempt.footer is not None else None
     if fallback is not None:
         log.warning("compression not used: %s (%s)", fallback.value, detail)
         plan = PixelPlan(PixelMode.VERBATIM)
         try:
-            _write_and_verify(received, job.blob_path, dataset_digest, plan, timings)
+            _write_and_verify(received, job.blob_path, dataset_digest, plan, attempt)
         except BlobFormatError as exc:
             raise OutOfResources(f"cannot write a verified blob: {exc}") from exc
-    codec = plan.codec
+    footer = attempt.footer
     return PreparedInstance(
         attrs=attrs,
         transfer_syntax_uid=str(received.transfer_syntax),
         pixel_mode=plan.mode,
-        codec_id=codec.codec_id if codec is not None else None,
-        codec_version=codec.bitstream_version if codec is not None else None,
+        codec_id=footer.codec_id if footer is not None else None,
+        codec_version=footer.codec_version if footer is not None else None,
         original_size=received.dataset_length,
         blob_size=job.blob_path.stat().st_size,
         dataset_sha256=dataset_digest,
         pixel_sha256=pixel_digest,
-        encode_seconds=timings[0],
-        verify_seconds=timings[1],
+        encode_seconds=attempt.encode_seconds,
+        verify_seconds=attempt.verify_seconds,
         fallback=fallback,
         fallback_detail=detail,
         planned_codec_id=planned,
+        candidate=footer.extra.get("candidate") if footer is not None else None,
     )
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What writing the blob did so far, kept across a fallback to the received bytes."""
+
+    footer: Footer | None = None
+    encode_seconds: float = 0.0
+    verify_seconds: float = 0.0
 
 
 def _check_command_uids(attrs: HeaderAttrs, job: IngestJob) -> None:
@@ -123,7 +134,7 @@ def _check_command_uids(attrs: HeaderAttrs, job: IngestJob) -> None:
         raise DatasetDoesNotMatchSOPClass("SOP Class UID differs from the command's")
 
 
-def _plan(received: ReceivedDataset, codec_id: str | None) -> tuple[PixelPlan, str | None]:
+def _plan(received: ReceivedDataset, budget: str | None) -> tuple[PixelPlan, str | None]:
     """How to store the pixel value, and the pixel digest when it is known without encoding."""
     pixel = received.pixel
     syntax = received.transfer_syntax
@@ -135,13 +146,11 @@ def _plan(received: ReceivedDataset, codec_id: str | None) -> tuple[PixelPlan, s
         digest = None if syntaxes.is_lossy(syntax) else _decoded_digest(received)
         return PixelPlan(PixelMode.VERBATIM), digest
     layout = native_layout(received.header, syntax, pixel)
-    if codec_id is None:
+    if budget is None:
         return PixelPlan(PixelMode.VERBATIM), None
     if layout is None:
         return PixelPlan(PixelMode.ZSTD), None
-    registry = default_registry()
-    codec = registry.choose_lossless(layout.spec) if codec_id == "auto" else registry.get(codec_id, 1)
-    return PixelPlan(PixelMode.PIXCODEC, layout, codec), None
+    return PixelPlan(PixelMode.PIXCODEC, layout, budget=budget_named(budget)), None
 
 
 def _needs_pixel_data(received: ReceivedDataset) -> bool:
@@ -155,7 +164,7 @@ def _write_and_verify(
     blob_path: Path,
     dataset_digest: str,
     plan: PixelPlan,
-    timings: list[float],
+    attempt: _Attempt,
 ) -> str | None:
     """Write the blob, then rebuild it and compare with the received bytes; the pixel digest."""
     pixel = received.pixel
@@ -166,7 +175,7 @@ def _write_and_verify(
 
     started = time.perf_counter()
     with received.path.open("rb") as src, blob_path.open("wb") as out:
-        write_instance_blob(
+        attempt.footer = write_instance_blob(
             out,
             src,
             dataset_offset=received.dataset_offset,
@@ -179,8 +188,8 @@ def _write_and_verify(
     encoded = time.perf_counter()
     with blob_path.open("rb") as fp:
         rebuild(fp, lambda _chunk: None)
-    timings[0] += encoded - started
-    timings[1] += time.perf_counter() - encoded
+    attempt.encode_seconds += encoded - started
+    attempt.verify_seconds += time.perf_counter() - encoded
     if plan.mode is PixelMode.PIXCODEC:
         return digest.hexdigest()
     return None

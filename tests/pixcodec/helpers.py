@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGLSLossless
+from pydicom.uid import UID, JPEGLSLossless, SecondaryCaptureImageStorage, generate_uid
 
 from pixcodec import ContainerReader, ContainerWriter, FrameCodec, PixelSpec
 
@@ -68,9 +72,21 @@ def round_trip(codec: FrameCodec, spec: PixelSpec, frames: list[npt.NDArray[np.i
 
 def jpeg_ls_dataset(frames: list[bytes], spec: PixelSpec) -> Dataset:
     """A minimal dataset carrying `frames` as JPEG-LS Lossless fragments."""
+    return encapsulated_dataset(frames, spec, JPEGLSLossless)
+
+
+def encapsulated_dataset(frames: list[bytes], spec: PixelSpec, transfer_syntax: str) -> Dataset:
+    """A Secondary Capture dataset carrying `frames` as one fragment each under `transfer_syntax`,
+    complete enough for DCMTK to read and rewrite."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "OT"
     ds.Rows, ds.Columns = spec.rows, spec.columns
     ds.SamplesPerPixel = spec.samples_per_pixel
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = spec.bits_allocated, spec.bits_stored, spec.bits_stored - 1
@@ -82,3 +98,15 @@ def jpeg_ls_dataset(frames: list[bytes], spec: PixelSpec) -> Dataset:
     ds.PixelData = encapsulate(frames)
     ds["PixelData"].VR = "OB"
     return ds
+
+
+def dcmtk_decompressed(tool: str, ds: Dataset, workdir: Path) -> Dataset:
+    """`ds` written to a file, decompressed by the DCMTK command-line `tool` and read back."""
+    if shutil.which(tool) is None:
+        raise AssertionError(f"{tool} not found: install DCMTK (Debian package dcmtk)")
+    source, target = workdir / "compressed.dcm", workdir / "decompressed.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    result = subprocess.run([tool, str(source), str(target)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{tool} failed: {result.stdout}{result.stderr}"
+    assert "W:" not in result.stdout + result.stderr, f"{tool} warned: {result.stdout}{result.stderr}"
+    return pydicom.dcmread(target)

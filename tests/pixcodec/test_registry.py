@@ -4,20 +4,37 @@ from __future__ import annotations
 
 import pytest
 
-from pixcodec import CodecRegistry, CodecUnavailable, JpegLsCodec, PixelSpec, UnsupportedPixelSpec, ZstdCodec, default_registry
+from pixcodec import (
+    CodecRegistry,
+    CodecUnavailable,
+    JpegLsCodec,
+    JpegXlCodec,
+    PixelSpec,
+    UnsupportedPixelSpec,
+    ZstdCodec,
+    default_registry,
+)
 
 from .helpers import make_spec
 
 
-def test_default_registry_prefers_jpeg_ls_then_zstd() -> None:
+def test_default_registry_order_and_choice() -> None:
     registry = default_registry()
-    assert registry.keys() == [("jpeg-ls", 1), ("zstd", 1)]
+    assert registry.keys() == [("jpeg-ls", 1), ("htj2k", 1), ("jpeg-2000", 1), ("jpeg-xl", 1), ("zstd", 1), ("rle", 1)]
     assert isinstance(registry.get("jpeg-ls", 1), JpegLsCodec)
+    assert isinstance(registry.get("jpeg-xl", 1), JpegXlCodec)
     assert registry.choose_lossless(make_spec(signed=True)).codec_id == "jpeg-ls"
     assert registry.choose_lossless(make_spec(samples=3, allocated=8, stored=8)).codec_id == "jpeg-ls"
+    assert [c.codec_id for c in registry.candidates(make_spec())] == [
+        "jpeg-ls", "htj2k", "jpeg-2000", "jpeg-xl", "zstd", "rle"]
+    # 32-bit words: zstd is smaller and faster than RLE, the one standard codec that takes them.
     thirty_two = make_spec(allocated=32, stored=24)
+    assert [c.codec_id for c in registry.candidates(thirty_two)] == ["zstd", "rle"]
     assert registry.choose_lossless(thirty_two).codec_id == "zstd"
-    assert [c.codec_id for c in registry.candidates(make_spec())] == ["jpeg-ls", "zstd"]
+    cmyk = PixelSpec(rows=2, columns=2, samples_per_pixel=4, bits_allocated=8, bits_stored=8, signed=False,
+                     photometric="CMYK")
+    assert registry.choose_lossless(cmyk).codec_id == "zstd"
+    # Rows and Columns are US: an opaque byte string longer than 65535 only goes to zstd.
     assert registry.choose_lossless(PixelSpec.for_bytes(200_000)).codec_id == "zstd"
 
 
@@ -41,7 +58,7 @@ def test_mark_unavailable_removes_from_choice_and_lookup() -> None:
     registry.mark_unavailable("jpeg-ls", 1, "CharLS crashed in a worker")
     with pytest.raises(CodecUnavailable, match="CharLS crashed"):
         registry.get("jpeg-ls", 1)
-    assert registry.choose_lossless(make_spec()).codec_id == "zstd"
+    assert registry.choose_lossless(make_spec()).codec_id == "htj2k"
     assert default_registry().choose_lossless(make_spec()).codec_id == "jpeg-ls"  # registries are independent
 
 

@@ -22,7 +22,7 @@ def _job(f: CorpusFile, tmp_path: Path) -> IngestJob:
     import pydicom
 
     header = pydicom.dcmread(f.path, stop_before_pixels=True)
-    return IngestJob(f.path, tmp_path / "x.blob", str(header.SOPClassUID), str(header.SOPInstanceUID), "auto")
+    return IngestJob(f.path, tmp_path / "x.blob", str(header.SOPClassUID), str(header.SOPInstanceUID), "ingest")
 
 
 def _dataset(path: Path) -> bytes:
@@ -74,17 +74,10 @@ class _LyingJpegLs(JpegLsCodec):
 def test_a_codec_that_does_not_round_trip_falls_back_to_the_received_bytes(
     corpus: list[CorpusFile], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pixcodec.registry as registry_module
-    from pixcodec import CodecRegistry, ZstdCodec
+    from pixcodec.decide import Budget, Candidate
 
-    def lying_registry() -> CodecRegistry:
-        registry = CodecRegistry()
-        registry.register(_LyingJpegLs())
-        registry.register(ZstdCodec())
-        return registry
-
-    monkeypatch.setattr("gateway.services.prepare.default_registry", lying_registry)
-    monkeypatch.setattr(registry_module, "default_registry", lying_registry)
+    lying = Budget("lying", (Candidate("jpeg-ls", _LyingJpegLs()),), seconds_per_megasample=1.0)
+    monkeypatch.setattr("gateway.services.prepare.budget_named", lambda _name: lying)
     f = next(c for c in corpus if c.relpath == CT)
     prepared = prepare(_job(f, tmp_path))
     assert prepared.fallback is Fallback.VERIFICATION_FAILED
