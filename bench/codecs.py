@@ -40,7 +40,7 @@ from pixcodec import CodecError, FrameCodec, PixelSpec, UnsupportedPixelSpec  # 
 from pixcodec import preprocess  # noqa: E402
 from pixcodec.container import EncodedFrame, encode_frame  # noqa: E402
 from pixcodec.decide import ARCHIVE, INGEST, Budget, decide  # noqa: E402
-from pixcodec.quality import compression_ratio  # noqa: E402
+from pixcodec.quality import byte_ratio  # noqa: E402
 from pixcodec.standard import Htj2kCodec, Jpeg2000Codec, JpegLsCodec, JpegXlCodec  # noqa: E402
 
 STANDARD: dict[str, FrameCodec] = {
@@ -283,7 +283,7 @@ def render_table(results: Results) -> str:
             if not t.frames or not reference.compressed:
                 cells.append("")
                 continue
-            cells.append(f"{t.original / t.compressed:.3f} ({t.compressed / reference.compressed:.3f})")
+            cells.append(f"{byte_ratio(t.original, t.compressed):.3f} ({t.compressed / reference.compressed:.3f})")
         label = "**overall**" if group == "all" else group
         lines.append(f"| {label} | {reference.frames} | {reference.original / 1e6:.1f} | " + " | ".join(cells) + " |")
     speed = ["", "Single-thread speed over all frames, MB/s of original pixel data (encode / decode):", "",
@@ -334,7 +334,7 @@ def plot(results: Results, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for name in _coders(results):
         t = results.totals["all"][name]
-        ratio, decode = t.original / t.compressed, t.original / 1e6 / t.decode_s
+        ratio, decode = byte_ratio(t.original, t.compressed), t.original / 1e6 / t.decode_s
         marker = "*" if name.startswith("decide") else "o"
         ax.scatter(decode, ratio, s=90 if marker == "*" else 50, marker=marker)
         ax.annotate(name, (decode, ratio), textcoords="offset points", xytext=(6, 4), fontsize=8)
