@@ -1,0 +1,61 @@
+"""The figures of one ROI-hybrid coded frame, as the gateway records and exports them.
+
+Errors and PSNR are on the stored pixel values (`codec.stored_values`), the peak from Bits
+Stored and the ratio on Bits Allocated, with the definitions of pixcodec.quality, so an ROI
+figure and a whole-image figure of the same frame compare directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..base import PixelSpec
+from ..quality import compression_ratio, psnr_from_mse
+from .codec import stored_values
+from .masks import Mask
+
+__all__ = ["RoiFigures", "measure"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoiFigures:
+    roi_fraction: float  # share of pixels inside the mask
+    max_error_inside: int  # 0 for every verified blob
+    max_error_outside: int  # at most the bound; 0 when nothing lies outside
+    psnr_db: float  # over the whole frame; math.inf when identical
+    psnr_outside_db: float  # over the pixels outside the mask; math.inf when identical or none
+    ratio: float  # native Pixel Data bytes / blob bytes (PS3.3 C.7.6.1.1.5)
+    compressed_bytes: int
+
+    @property
+    def lossless(self) -> bool:
+        return self.max_error_outside == 0 and self.max_error_inside == 0
+
+
+def measure(original: npt.NDArray[np.integer], decoded: npt.NDArray[np.integer], mask: Mask, spec: PixelSpec,
+            compressed_bytes: int) -> RoiFigures:
+    """Figures of one frame: `original` and `decoded` of `spec`, `mask` of shape (rows, columns)."""
+    spec.check_frame(original)
+    spec.check_frame(decoded)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (spec.rows, spec.columns):
+        raise ValueError(f"mask shape {mask.shape} is not the frame's ({spec.rows}, {spec.columns})")
+    error = stored_values(decoded, spec) - stored_values(original, spec)
+    if spec.samples_per_pixel > 1:
+        mask = np.repeat(mask[:, :, None], spec.samples_per_pixel, axis=2)
+    inside, outside = error[mask], error[~mask]
+    squared = error.astype(np.float64) ** 2
+    outside_squared = squared[~mask]
+    return RoiFigures(
+        roi_fraction=float(mask.mean()),
+        max_error_inside=int(np.abs(inside).max()) if inside.size else 0,
+        max_error_outside=int(np.abs(outside).max()) if outside.size else 0,
+        psnr_db=psnr_from_mse(float(squared.mean()), spec.bits_stored),
+        psnr_outside_db=psnr_from_mse(float(outside_squared.mean()), spec.bits_stored) if outside.size else math.inf,
+        ratio=compression_ratio(spec, 1, compressed_bytes),
+        compressed_bytes=compressed_bytes,
+    )
