@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
@@ -17,19 +18,25 @@ from gateway.config import Settings
 from gateway.dimse.ae import build_ae, event_handlers
 from gateway.dimse.find import FindHandler, accept_extended_negotiation
 from gateway.dimse.handlers import AssociationTracker, EchoHandler, StoreHandler
+from gateway.http.readiness import Readiness
 from gateway.http.server import HttpServer
 from gateway.metrics import IndexSizeCollector, Metrics
 from gateway.services.ingest import IngestService
 from gateway.services.pool import CodecPool
 from gateway.services.query import QueryService
+from pixcodec import default_registry
 from storage.blobs.base import BlobStore
 from storage.blobs.database import DatabaseBlobStore
 from storage.blobs.filesystem import FilesystemBlobStore
-from storage.db import create_engine_for, current_revision, head_revision, upgrade_to_head
+from storage.blobs.observed import ObservedBlobStore
+from storage.db import create_engine_for, current_revision, head_revision, observe_statements, upgrade_to_head
 from storage.index import SqlIndex
 from storage.sweeper import sweep_orphans
 
 log = logging.getLogger(__name__)
+
+# Seconds between the periodic database and blob store checks behind pacsgw_dependency_up.
+READINESS_INTERVAL_SECONDS = 10.0
 
 
 def package_version() -> str:
@@ -37,6 +44,15 @@ def package_version() -> str:
         return version("pacs-gateway")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def build_commit() -> str:
+    """The source commit, which the container build records in the environment."""
+    return os.environ.get("PACSGW_BUILD_COMMIT", "").strip() or "unknown"
+
+
+def codec_ids() -> list[str]:
+    return sorted({codec_id for codec_id, _version in default_registry().keys()})
 
 
 class SchemaOutOfDate(Exception):
@@ -80,13 +96,19 @@ class Gateway:
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         configure_pynetdicom()
+        # Without it, every counter and histogram also exports a `_created` gauge per label set,
+        # doubling the series Prometheus stores for a timestamp nobody queries.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, version=package_version())
+        self.metrics = Metrics(
+            self.registry, version=package_version(), commit=build_commit(), codecs=codec_ids()
+        )
         settings.spool_path.mkdir(parents=True, exist_ok=True)
         self.engine = open_database(settings)
+        observe_statements(self.engine, self.metrics.observe_statement, self.metrics.observe_database_error)
         self.index = SqlIndex(self.engine)
-        self.blobs = open_blob_store(settings, self.engine)
+        self.blobs: BlobStore = ObservedBlobStore(open_blob_store(settings, self.engine), self.metrics.observe_blob)
         self.registry.register(IndexSizeCollector(self.index.counts))
         self.pool = CodecPool(
             workers=settings.worker_count,
@@ -94,7 +116,12 @@ class Gateway:
             queue_timeout=settings.ingest.queue_timeout_seconds,
             on_depth=self.metrics.queue_depth.set,
             on_restart=self.metrics.worker_restarts.inc,
+            on_waiting=self.metrics.pool_waiting.set,
+            on_wait=self.metrics.pool_wait.observe,
+            on_rejected=self.metrics.pool_rejections.inc,
         )
+        self.metrics.pool_capacity.set(settings.queue_limit)
+        self.metrics.pool_workers.set(settings.worker_count)
         self.ingest = IngestService(
             index=self.index,
             blobs=self.blobs,
@@ -117,13 +144,13 @@ class Gateway:
             on_find=FindHandler(self.query, tracker, self.metrics),
             on_sop_extended=accept_extended_negotiation,
         )
+        self.readiness = Readiness(
+            {"database": self.index.ping, "blob_store": self.blobs.ping}, self.metrics.observe_dependency
+        )
         self.http: HttpServer | None = None
         if settings.http.enabled:
             self.http = HttpServer(
-                settings.http.bind_address,
-                settings.http.port,
-                self.registry,
-                {"database": self.index.ping, "blob_store": self.blobs.ping},
+                settings.http.bind_address, settings.http.port, self.registry, self.readiness.check
             )
         self.server: ThreadedAssociationServer | None = None
         self._stopping = threading.Event()
@@ -137,6 +164,7 @@ class Gateway:
 
     def start(self) -> None:
         self.pool.warm()
+        self.readiness.start(READINESS_INTERVAL_SECONDS)
         if self.http is not None:
             self.http.start()
         dicom = self.settings.dicom
@@ -167,6 +195,7 @@ class Gateway:
         self.pool.shutdown()
         if self.http is not None:
             self.http.stop()
+        self.readiness.stop()
         self.engine.dispose()
         log.info("gateway stopped")
 

@@ -7,8 +7,9 @@ identifier, a peer address or exception text.
 
 from __future__ import annotations
 
+import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +26,12 @@ KNOWN_MODALITIES = frozenset(
 )
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_RATIO_BUCKETS = (0.9, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 8, 12, 20, 50)
+
+
+# Values of the `service` and `status_category` labels (gateway.errors.Service, status_category()).
+SERVICES = ("c_echo", "c_store", "c_find", "c_get", "c_move")
+STATUS_CATEGORIES = ("success", "warning", "failure", "cancel")
 
 
 def modality_label(modality: str | None) -> str:
@@ -41,10 +48,12 @@ class DimseObservation:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, *, version: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, version: str, commit: str = "unknown", codecs: Iterable[str] = ()
+    ) -> None:
         self.registry = registry
         self.build_info = Info("pacsgw_build", "Build information", registry=registry)
-        self.build_info.info({"version": version})
+        self.build_info.info({"version": version, "commit": commit, "python": platform.python_version()})
         self.associations_active = Gauge(
             "pacsgw_associations_active", "Associations currently open", registry=registry
         )
@@ -74,21 +83,42 @@ class Metrics:
         )
         self.dimse_duration = Histogram(
             "pacsgw_dimse_request_duration_seconds",
-            "Time from a DIMSE request to its final response",
-            ["service"],
+            "Time from a DIMSE request to its final response, by service and status category",
+            ["service", "status_category"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.received_bytes = Counter(
             "pacsgw_received_bytes",
-            "Dataset bytes received in C-STORE requests that were stored",
-            ["modality"],
+            "Dataset bytes received in C-STORE requests that were stored, by modality and codec",
+            ["modality", "codec"],
             registry=registry,
         )
         self.stored_bytes = Counter(
             "pacsgw_stored_bytes",
-            "Blob bytes written for stored instances",
-            ["modality", "storage_mode"],
+            "Blob bytes written for stored instances, by modality, codec and how the pixels were kept",
+            ["modality", "codec", "storage_mode"],
+            registry=registry,
+        )
+        # The policy engine does not exist yet: the budget (ingest, archive) stands in for the
+        # policy rule, as a label with the same bounded cardinality.
+        self.compression_ratio = Histogram(
+            "pacsgw_compression_ratio",
+            "Bytes received over blob bytes stored, per stored instance, by modality and codec budget",
+            ["modality", "budget"],
+            buckets=_RATIO_BUCKETS,
+            registry=registry,
+        )
+        self.saved_bytes = Counter(
+            "pacsgw_compression_saved_bytes",
+            "Bytes received minus blob bytes stored, summed over stored instances, by modality and codec budget",
+            ["modality", "budget"],
+            registry=registry,
+        )
+        self.grown_bytes = Counter(
+            "pacsgw_compression_grown_bytes",
+            "Blob bytes stored beyond the bytes received, for the rare instance whose blob is larger",
+            ["modality", "budget"],
             registry=registry,
         )
         self.instances = Counter(
@@ -136,7 +166,31 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "pacsgw_compression_queue_depth",
-            "Instances waiting for or inside a codec worker",
+            "Instances holding a codec pool slot: queued for or inside a codec worker",
+            registry=registry,
+        )
+        self.pool_capacity = Gauge(
+            "pacsgw_codec_pool_slots",
+            "Instances the codec pool takes in at once (ingest.queue_limit)",
+            registry=registry,
+        )
+        self.pool_workers = Gauge(
+            "pacsgw_codec_pool_workers", "Codec worker processes", registry=registry
+        )
+        self.pool_waiting = Gauge(
+            "pacsgw_codec_pool_waiting",
+            "C-STORE requests waiting for a free codec pool slot (the pool is saturated while above 0)",
+            registry=registry,
+        )
+        self.pool_wait = Histogram(
+            "pacsgw_codec_pool_wait_seconds",
+            "Time a C-STORE waited for a codec pool slot",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.pool_rejections = Counter(
+            "pacsgw_codec_pool_rejections",
+            "C-STORE requests refused (0xA700) because no codec pool slot freed in time",
             registry=registry,
         )
         self.worker_restarts = Counter(
@@ -146,7 +200,7 @@ class Metrics:
         )
         self.blob_duration = Histogram(
             "pacsgw_blob_operation_duration_seconds",
-            "Blob store latency",
+            "Blob store latency, by configured store name and operation",
             ["store", "op"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
@@ -170,11 +224,79 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+        self.database_duration = Histogram(
+            "pacsgw_database_statement_duration_seconds",
+            "Index database latency per SQL statement, by statement kind",
+            ["statement"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.database_errors = Counter(
+            "pacsgw_database_errors",
+            "Index database statements or connections that failed, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.dependency_up = Gauge(
+            "pacsgw_dependency_up",
+            "1 when the last readiness check of the dependency passed, else 0",
+            ["dependency"],
+            registry=registry,
+        )
+        self.dependency_check_duration = Gauge(
+            "pacsgw_dependency_check_duration_seconds",
+            "How long the last readiness check of the dependency took",
+            ["dependency"],
+            registry=registry,
+        )
         self.orphans_removed = Counter(
             "pacsgw_orphan_blobs_removed",
             "Blobs no index row referenced, removed by the sweep",
             registry=registry,
         )
+        self.retrieve_suboperations = Counter(
+            "pacsgw_retrieve_suboperations",
+            "C-GET/C-MOVE C-STORE sub-operations, by the transfer syntax sent and how it was made",
+            ["service", "transfer_syntax", "mode", "status"],
+            registry=registry,
+        )
+
+        self._zero_known_series(codecs)
+
+    def _zero_known_series(self, codecs: Iterable[str]) -> None:
+        """Export the bounded, known label values at 0 from the start.
+
+        A series that appears only with its first event makes `rate()` and `increase()` miss that
+        event, and leaves alerts on it silent until a second one.
+        """
+        for service in SERVICES:
+            for category in STATUS_CATEGORIES:
+                self.dimse_requests.labels(service, category)
+        for result in ("accepted", "rejected", "released", "aborted"):
+            self.associations.labels(result)
+        for reason in ("calling_ae_not_allowed", "other"):
+            self.associations_rejected.labels(reason)
+        for reason in ("codec_error", "verification_failed", "worker_lost"):
+            self.fallbacks.labels(reason)
+        for reason in ("unavailable", "error"):
+            self.database_errors.labels(reason)
+        for codec in codecs:
+            self.verification_failures.labels(codec)
+
+    def observe_blob(self, store: str, op: str, seconds: float, failed: bool) -> None:
+        self.blob_duration.labels(store, op).observe(seconds)
+        if failed:
+            self.blob_errors.labels(store, op).inc()
+
+    def observe_statement(self, kind: str, seconds: float) -> None:
+        self.database_duration.labels(kind).observe(seconds)
+
+    def observe_database_error(self, reason: str) -> None:
+        self.database_errors.labels(reason).inc()
+
+    def observe_dependency(self, dependency: str, up: bool, seconds: float) -> None:
+        self.dependency_up.labels(dependency).set(1 if up else 0)
+        self.dependency_check_duration.labels(dependency).set(seconds)
 
     @contextmanager
     def dimse(self, service: str) -> Iterator[DimseObservation]:
@@ -183,7 +305,7 @@ class Metrics:
         try:
             yield outcome
         finally:
-            self.dimse_duration.labels(service).observe(time.perf_counter() - started)
+            self.dimse_duration.labels(service, outcome.category).observe(time.perf_counter() - started)
             self.dimse_requests.labels(service, outcome.category).inc()
 
     @contextmanager

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,47 @@ def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, None when it was never migrated."""
     with unavailable_as("schema revision"), engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+# --- observation (latency and errors, for the metrics) -------------------------------------------
+
+StatementObserver = Callable[[str, float], None]  # statement kind, seconds
+ErrorObserver = Callable[[str], None]  # "unavailable" | "error"
+
+_STATEMENT_KINDS = frozenset({"select", "insert", "update", "delete", "begin", "commit", "rollback"})
+_STARTED = "pacsgw_statement_started"
+
+
+def statement_kind(statement: str) -> str:
+    """The statement's first keyword when it is a common one, else "other" (a bounded label)."""
+    words = statement.lstrip(" (\n\t").split(None, 1)
+    kind = words[0].lower() if words else ""
+    return kind if kind in _STATEMENT_KINDS else "other"
+
+
+def observe_statements(engine: Engine, on_statement: StatementObserver, on_error: ErrorObserver) -> None:
+    """Report each statement's latency and each failure (outage or not) to the two callbacks."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Connection, _cursor: Any, _statement: str, _params: Any, _context: Any,
+                _executemany: bool) -> None:
+        conn.info.setdefault(_STARTED, []).append(time.perf_counter())
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn: Connection, _cursor: Any, statement: str, _params: Any, _context: Any,
+               _executemany: bool) -> None:
+        started = conn.info.get(_STARTED)
+        if started:
+            on_statement(statement_kind(statement), time.perf_counter() - started.pop())
+
+    @event.listens_for(engine, "handle_error")
+    def _error(context: sa.engine.ExceptionContext) -> None:
+        if context.is_pre_ping:
+            return  # the pool replaces the dead connection; an outage shows in what follows
+        connection = context.connection
+        if connection is not None:
+            started = connection.info.get(_STARTED)
+            if started:
+                started.pop()
+        error = context.sqlalchemy_exception or context.original_exception
+        on_error("unavailable" if error is not None and is_unavailable(error) else "error")

@@ -6,6 +6,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 import weakref
 from typing import Any, cast
 
@@ -36,7 +37,8 @@ class AssociationTracker:
         self._metrics = metrics
         self._allowed = allowed_calling_aets
         self._ids: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-        self._established: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Established associations and when they were accepted.
+        self._established: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -62,7 +64,7 @@ class AssociationTracker:
     def on_accepted(self, event: Event) -> None:
         self.bind(event)
         with self._lock:
-            self._established.add(event.assoc)
+            self._established[event.assoc] = time.monotonic()
         self._metrics.associations.labels("accepted").inc()
         self._metrics.associations_active.inc()
         log.info("association accepted", extra={"fields": _peer(event)})
@@ -83,13 +85,14 @@ class AssociationTracker:
 
     def _end(self, event: Event, result: str) -> None:
         with self._lock:
-            if event.assoc not in self._established:
-                return  # never accepted: counted as rejected already, or dropped in negotiation
-            self._established.discard(event.assoc)
+            accepted_at = self._established.pop(event.assoc, None)
+        if accepted_at is None:
+            return  # never accepted: counted as rejected already, or dropped in negotiation
         self.bind(event)
         self._metrics.associations.labels(result).inc()
         self._metrics.associations_active.dec()
-        log.info(f"association {result}")
+        log.info(f"association {result}", extra={"fields": {
+            "result": result, "duration_seconds": round(time.monotonic() - accepted_at, 3)}})
 
 
 def _calling_aet(event: Event) -> str:
@@ -119,6 +122,7 @@ class StoreHandler:
         self._tracker.bind(event)
         request = cast(C_STORE, event.request)
         sop_uid = str(request.AffectedSOPInstanceUID)
+        started = time.perf_counter()
         with self._metrics.dimse(Service.C_STORE.value) as observed:
             try:
                 result = self._ingest.store(
@@ -134,6 +138,8 @@ class StoreHandler:
                 log.info(
                     "instance stored",
                     extra={"fields": {
+                        "status": "0x0000",
+                        "duration_seconds": round(time.perf_counter() - started, 4),
                         "result": result.outcome.result.value,
                         "modality": modality_label(prepared.attrs.series.modality),
                         "transfer_syntax": prepared.transfer_syntax_uid,
@@ -147,7 +153,8 @@ class StoreHandler:
             except GatewayError as exc:
                 outcome = to_outcome(exc, Service.C_STORE)
                 log.warning("c-store refused", extra={"fields": {
-                    "status": f"0x{outcome.status:04X}", "reason": outcome.reason, "detail": str(exc)}})
+                    "status": f"0x{outcome.status:04X}", "reason": outcome.reason, "detail": str(exc),
+                    "duration_seconds": round(time.perf_counter() - started, 4)}})
             except Exception as exc:  # the last net: never crash the association thread
                 log.exception("c-store failed unexpectedly")
                 outcome = Outcome(0xC000, error_comment(f"internal error: {type(exc).__name__}"), "internal")

@@ -12,14 +12,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 log = logging.getLogger(__name__)
 
-ReadinessCheck = Callable[[], None]  # raises when the dependency is not usable
+# Runs the readiness checks; returns the failures by dependency name (empty when ready).
+ReadinessProbe = Callable[[], dict[str, str]]
 
 
 class HttpServer:
     def __init__(
-        self, bind_address: str, port: int, registry: CollectorRegistry, checks: dict[str, ReadinessCheck]
+        self, bind_address: str, port: int, registry: CollectorRegistry, readiness: ReadinessProbe
     ) -> None:
-        registry_ref, checks_ref = registry, checks
+        registry_ref, readiness_ref = registry, readiness
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -29,12 +30,7 @@ class HttpServer:
                 elif path == "/healthz":
                     self._send(200, b"ok\n", "text/plain; charset=utf-8")
                 elif path == "/readyz":
-                    failures: dict[str, str] = {}
-                    for name, check in checks_ref.items():
-                        try:
-                            check()
-                        except Exception as exc:
-                            failures[name] = str(exc)[:200]
+                    failures = readiness_ref()
                     body = json.dumps({"ready": not failures, "failures": failures}).encode() + b"\n"
                     self._send(503 if failures else 200, body, "application/json")
                 else:

@@ -97,14 +97,10 @@ class IngestService:
             return replace(prepared, fallback=Fallback.WORKER_LOST, fallback_detail=str(exc))
 
     def _put(self, blob_path: Path) -> BlobRef:
-        store = self._blobs.name
         try:
-            with self._metrics.timed(self._metrics.blob_duration, store, "put"):
-                ref = self._blobs.put_file(blob_path)
+            return self._blobs.put_file(blob_path)
         except BlobStoreError as exc:
-            self._metrics.blob_errors.labels(store, "put").inc()
             raise OutOfResources(f"blob store unavailable: {exc}") from exc
-        return ref
 
     def _record(self, request: StoreRequest, prepared: PreparedInstance, ref: BlobRef) -> RecordOutcome:
         attrs = prepared.attrs
@@ -150,10 +146,8 @@ class IngestService:
     def _delete(self, ref: BlobRef) -> None:
         """Best effort: what cannot be deleted now is an orphan for the sweep."""
         try:
-            with self._metrics.timed(self._metrics.blob_duration, ref.store, "delete"):
-                self._blobs.delete(ref)
+            self._blobs.delete(ref)
         except BlobStoreError as exc:
-            self._metrics.blob_errors.labels(ref.store, "delete").inc()
             log.warning("blob left for the orphan sweep", extra={"fields": {"error": str(exc)}})
 
     def _count(self, prepared: PreparedInstance, outcome: RecordOutcome) -> None:
@@ -163,8 +157,15 @@ class IngestService:
         if not outcome.blob_used:
             return
         codec = prepared.codec_id or "none"
-        m.received_bytes.labels(modality).inc(prepared.original_size)
-        m.stored_bytes.labels(modality, prepared.pixel_mode.value).inc(prepared.blob_size)
+        received, stored = prepared.original_size, prepared.blob_size
+        m.received_bytes.labels(modality, codec).inc(received)
+        m.stored_bytes.labels(modality, codec, prepared.pixel_mode.value).inc(stored)
+        if stored:
+            m.compression_ratio.labels(modality, self._budget).observe(received / stored)
+        if received >= stored:
+            m.saved_bytes.labels(modality, self._budget).inc(received - stored)
+        else:
+            m.grown_bytes.labels(modality, self._budget).inc(stored - received)
         m.codec_input_bytes.labels(codec).inc(prepared.original_size)
         m.codec_output_bytes.labels(codec).inc(prepared.blob_size)
         m.codec_duration.labels(codec, "encode").observe(prepared.encode_seconds)

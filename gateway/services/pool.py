@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -43,13 +44,18 @@ class CodecPool:
         queue_timeout: float,
         on_depth: Callable[[int], None] = lambda _depth: None,
         on_restart: Callable[[], None] = lambda: None,
+        on_waiting: Callable[[int], None] = lambda _waiting: None,
+        on_wait: Callable[[float], None] = lambda _seconds: None,
+        on_rejected: Callable[[], None] = lambda: None,
     ) -> None:
         self._workers = workers
         self._slots = threading.BoundedSemaphore(queue_limit)
         self._timeout = queue_timeout
         self._lock = threading.Lock()
         self._depth = 0
+        self._waiting = 0
         self._on_depth, self._on_restart = on_depth, on_restart
+        self._on_waiting, self._on_wait, self._on_rejected = on_waiting, on_wait, on_rejected
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["gateway.services.prepare", "pixcodec"])
         self._executor = self._new_executor()
@@ -65,9 +71,30 @@ class CodecPool:
             depth = self._depth
         self._on_depth(depth)
 
+    def _track_waiting(self, delta: int) -> None:
+        with self._lock:
+            self._waiting += delta
+            waiting = self._waiting
+        self._on_waiting(waiting)
+
+    def _acquire(self) -> bool:
+        if self._slots.acquire(blocking=False):
+            self._on_wait(0.0)
+            return True
+        # Only a request that really waits counts as waiting: that is what saturation means.
+        started = time.perf_counter()
+        self._track_waiting(+1)
+        try:
+            acquired = self._slots.acquire(timeout=self._timeout)
+        finally:
+            self._track_waiting(-1)
+        self._on_wait(time.perf_counter() - started)
+        return acquired
+
     def run(self, fn: Callable[[A], T], arg: A) -> T:
         """Run fn(arg) in a worker; OutOfResources when no slot frees in time, WorkerLost on a crash."""
-        if not self._slots.acquire(timeout=self._timeout):
+        if not self._acquire():
+            self._on_rejected()
             raise OutOfResources("codec workers saturated")
         self._track(+1)
         try:
