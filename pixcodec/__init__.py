@@ -15,6 +15,7 @@ from .base import (
     VerificationFailed,
 )
 from .container import ContainerReader, ContainerWriter
+from .pred import PredCodec
 from .preprocess import Mode, Preprocessing
 from .registry import CodecRegistry, default_registry
 from .standard import (
@@ -51,6 +52,7 @@ __all__ = [
     "JpegXlCodec",
     "Mode",
     "PixelSpec",
+    "PredCodec",
     "Preprocessing",
     "RleCodec",
     "UnsupportedPixelSpec",

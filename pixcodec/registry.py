@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import CodecUnavailable, FrameCodec, PixelSpec, UnsupportedPixelSpec
+from .pred import PredCodec
 from .standard import Htj2kCodec, Jpeg2000Codec, JpegLsCodec, JpegXlCodec, RleCodec, ZstdCodec
 
 __all__ = ["CodecRegistry", "default_registry"]
@@ -76,9 +77,12 @@ def default_registry() -> CodecRegistry:
     is unavailable: HTJ2K (3.5, 2.0), JPEG 2000 (3.8, 22), JPEG XL at effort 7 (4.2, 108; its
     instance decodes every effort), zstd (2.9, 1.4), which takes anything, and RLE (2.1, 5.0) after
     it: RLE is there to decode and to serve peers that ask for RLE Lossless, never the better
-    choice for storage (32-bit words included, where zstd is smaller and faster).
+    choice for storage (32-bit words included, where zstd is smaller and faster). Our own `pred`
+    comes last: it has no transfer syntax, so it is an archive choice made by the mode decision
+    (see decide.py), never the default.
     """
     registry = CodecRegistry()
-    for codec in (JpegLsCodec(), Htj2kCodec(), Jpeg2000Codec(), JpegXlCodec(), ZstdCodec(), RleCodec()):
+    for codec in (JpegLsCodec(), Htj2kCodec(), Jpeg2000Codec(), JpegXlCodec(), ZstdCodec(), RleCodec(),
+                  PredCodec.default()):
         registry.register(codec)
     return registry

@@ -1,0 +1,253 @@
+"""The `pred` codec: per-image least-squares prediction with context-adaptive binary coding.
+
+Payload layout (docs/pred-bitstream.md): a fixed header, the predictor tables, the CRC-32 of
+the pixels, the range-coded residuals. The encoder fits the predictor to the image and sends
+it; the decoder reads it back and runs the same integer model.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import numpy.typing as npt
+
+from ..base import Capabilities, CodecError, CorruptBitstream, PixelSpec, UnsupportedPixelSpec
+from ..standard.common import DICOM_MAX_DIMENSION, require_coding_spec
+from . import _kernel as k
+from .model import ContextModel, shipped_models
+
+__all__ = ["PRED_BITSTREAM_VERSION", "PredCodec"]
+
+PRED_BITSTREAM_VERSION = 1
+MAGIC = b"PRD"
+FLAG_TABLES = 1  # predictor tables follow; otherwise the fixed (W + N) / 2 predictor
+FLAG_MODEL = 2  # the learned context model named by the digest that follows ran
+
+# magic, version, flags, rows, columns, bits stored, taps, gradient classes, intensity classes
+_HEAD = struct.Struct("<3sBBIIBBBB")
+_TAIL = struct.Struct("<II")  # CRC-32 of the pixels (little-endian words), coded length
+_NO_THRESHOLD = 0xFFFFFFFF
+# Below this many pixels the tables (about 300 bytes) cost more than they save.
+_MIN_PIXELS_FOR_TABLES = 4096
+# Per class, the fit uses at most this many samples: enough for 17 weights, bounded time.
+_MAX_FIT_SAMPLES = 100_000
+
+
+class PredCodec:
+    """Lossless coding of one-sample frames of up to 16 bits, with no DICOM transfer syntax.
+
+    `model` is the learned context model to encode with (None: the hand-designed context
+    formula); decoding takes whichever the payload names, so one instance reads both.
+    """
+
+    codec_id: str = "pred"
+    bitstream_version: int = PRED_BITSTREAM_VERSION
+    transfer_syntax_uid: str | None = None
+    capabilities: Capabilities = Capabilities(
+        lossless=True,
+        samples_per_pixel=frozenset({1}),
+        bits_allocated=frozenset({8, 16}),
+        max_dimension=DICOM_MAX_DIMENSION,
+    )
+
+    def __init__(self, model: ContextModel | None = None, decoder_models: tuple[ContextModel, ...] = ()) -> None:
+        self.model = model
+        known = {m.digest: m for m in decoder_models}
+        if model is not None:
+            known[model.digest] = model
+        self._models = known
+
+    @classmethod
+    def default(cls) -> PredCodec:
+        """The registered instance: encodes with the hand-designed context formula and decodes
+        payloads written with any context model shipped in the package."""
+        return cls(None, shipped_models())
+
+    def __repr__(self) -> str:
+        return f"PredCodec(model={self.model.name if self.model is not None else None})"
+
+    def encode(self, frame: npt.NDArray[np.unsignedinteger], spec: PixelSpec) -> bytes:
+        require_coding_spec(frame, spec, self.capabilities)
+        image = np.ascontiguousarray(frame, dtype=np.int32)
+        tables = image.size >= _MIN_PIXELS_FOR_TABLES
+        weights, thresholds = fit_predictor(image) if tables else default_predictor()
+        flags = FLAG_TABLES if tables else 0
+        model = self.model
+        if model is not None:
+            flags |= FLAG_MODEL
+        maxval = (1 << spec.bits_stored) - 1
+        capacity = 4 * image.size + 1024
+        for attempt in range(2):
+            buf = np.zeros(capacity, dtype=np.uint8)
+            status, length = _run(image, True, maxval, weights, thresholds, model, buf, 0)
+            if status == k.STATUS_OK:
+                break
+            if status != k.STATUS_OVERFLOW or attempt == 1:
+                raise CodecError(f"pred encoder failed with status {status}")
+            capacity = 24 * image.size + 1024  # more than any adaptive binary code can need
+        head = _HEAD.pack(MAGIC, PRED_BITSTREAM_VERSION, flags, spec.rows, spec.columns, spec.bits_stored,
+                          k.N_LS, k.N_GCLS, k.N_ICLS)
+        parts = [head]
+        if model is not None:
+            parts.append(model.digest)
+        if tables:
+            parts.append(np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes())
+            parts.append(weights.astype("<i2").tobytes())
+        parts.append(_TAIL.pack(_pixel_crc(image), length))
+        parts.append(buf[:length].tobytes())
+        return b"".join(parts)
+
+    def decode(self, payload: bytes, spec: PixelSpec) -> npt.NDArray[np.unsignedinteger]:
+        if spec.signed or self.capabilities.unsupported_reasons(spec):
+            raise UnsupportedPixelSpec("pred decodes unsigned one-sample frames of 8 or 16 bits allocated only")
+        view = memoryview(payload)
+        if len(view) < _HEAD.size:
+            raise CorruptBitstream("pred payload is shorter than its header")
+        magic, version, flags, rows, columns, bits, taps, gcls, icls = _HEAD.unpack_from(view, 0)
+        if magic != MAGIC:
+            raise CorruptBitstream("pred payload does not start with its magic")
+        if version != PRED_BITSTREAM_VERSION:
+            raise CorruptBitstream(f"pred bitstream version {version} is not {PRED_BITSTREAM_VERSION}")
+        if (rows, columns, bits) != (spec.rows, spec.columns, spec.bits_stored):
+            raise CorruptBitstream(f"pred payload is {rows}x{columns} at {bits} bits, expected "
+                                   f"{spec.rows}x{spec.columns} at {spec.bits_stored}")
+        if (taps, gcls, icls) != (k.N_LS, k.N_GCLS, k.N_ICLS) or flags & ~(FLAG_TABLES | FLAG_MODEL):
+            raise CorruptBitstream("pred payload declares a predictor layout this version does not have")
+        at = _HEAD.size
+        model = None
+        if flags & FLAG_MODEL:
+            digest = bytes(view[at:at + 32])
+            at += 32
+            model = self._models.get(digest)
+            if model is None:
+                raise CorruptBitstream(f"pred payload names an unknown context model {digest.hex()[:16]}")
+        if flags & FLAG_TABLES:
+            n_thr = k.N_GCLS - 1 + k.N_ICLS - 1
+            n_w = k.N_CLS * k.N_LS
+            end = at + 4 * n_thr + 2 * n_w
+            if len(view) < end:
+                raise CorruptBitstream("pred payload is truncated in its predictor tables")
+            thresholds = np.frombuffer(view[at:at + 4 * n_thr], dtype="<u4").astype(np.int64)
+            thresholds[thresholds == _NO_THRESHOLD] = 1 << 40
+            weights = np.frombuffer(view[at + 4 * n_thr:end], dtype="<i2").astype(np.int64).reshape(k.N_CLS, k.N_LS)
+            at = end
+        else:
+            weights, thresholds = default_predictor()
+        if len(view) < at + _TAIL.size:
+            raise CorruptBitstream("pred payload is truncated before its coded data")
+        crc, length = _TAIL.unpack_from(view, at)
+        at += _TAIL.size
+        if len(view) != at + length:
+            raise CorruptBitstream(f"pred payload holds {len(view) - at} coded bytes, its header says {length}")
+        buf = np.frombuffer(view[at:], dtype=np.uint8).copy()
+        image = np.zeros((rows, columns), dtype=np.int32)
+        status, _ = _run(image, False, (1 << bits) - 1, weights, thresholds, model, buf, length)
+        if status != k.STATUS_OK:
+            raise CorruptBitstream("pred coded data decodes to values outside the stored range")
+        if _pixel_crc(image) != crc:
+            raise CorruptBitstream("pred pixel checksum does not match: the payload is corrupt")
+        return image.astype(spec.unsigned_dtype)
+
+
+def _pixel_crc(image: npt.NDArray[np.int32]) -> int:
+    return zlib.crc32(image.astype("<u2").tobytes()) & 0xFFFFFFFF
+
+
+_EMPTY_W1 = np.zeros((0, k.N_FEATURES), dtype=np.int64)
+_EMPTY_1 = np.zeros(1, dtype=np.int64)
+_NO_DUMP = np.zeros((0, k.N_FEATURES + 2), dtype=np.int64)
+
+
+def _run(image: npt.NDArray[np.int32], encode: bool, maxval: int, weights: npt.NDArray[np.int64],
+         thresholds: npt.NDArray[np.int64], model: ContextModel | None, buf: npt.NDArray[np.uint8],
+         in_length: int, dump: npt.NDArray[np.int64] = _NO_DUMP) -> tuple[int, int]:
+    """The typed door to the compiled kernel: every call has the same argument types, so numba
+    compiles (or loads from its cache) one specialisation only."""
+    if model is None:
+        w1, b1, w2, b2 = _EMPTY_W1, _EMPTY_1, _EMPTY_1, _EMPTY_1
+    else:
+        w1, b1, w2, b2 = model.w1, model.b1, model.w2, model.b2
+    status, length = k.code_frame(image, bool(encode), int(maxval), weights, thresholds, w1, b1, w2, b2, buf,
+                                  int(in_length), dump)
+    return int(status), int(length)
+
+
+def default_predictor() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(W + N) / 2 in every class: what small frames use instead of fitted tables."""
+    weights = np.zeros((k.N_CLS, k.N_LS), dtype=np.int64)
+    weights[:, 0] = 1 << (k.LS_SHIFT - 1)  # tap 0 is N; W is the base
+    thresholds = np.full(k.N_GCLS - 1 + k.N_ICLS - 1, 1 << 40, dtype=np.int64)
+    return weights, thresholds
+
+
+def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Least-squares weights per class, and the class thresholds, fitted to `image`.
+
+    Classes split the pixels at the quartiles of the kernel's local gradient and at the median
+    of N. Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
+    large errors at edges, which cost little in a log-magnitude code, and neglect the many small
+    ones that set the size. Flat neighbourhoods are left out: they cost nothing however predicted.
+    """
+    weights, thresholds = default_predictor()
+    rows, cols = image.shape
+    if rows < 4 or cols < 7:
+        return weights, thresholds
+    flat = image.astype(np.int64).ravel()
+    ys, xs = np.mgrid[3:rows, 3:cols - 3]
+    at = (ys * cols + xs).ravel()  # the interior, where every tap is inside the image
+
+    def tap(dy: int, dx: int, where: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return flat[where + (dy * cols + dx)]
+
+    w, n, nw, ne, ww, nn = (tap(0, -1, at), tap(-1, 0, at), tap(-1, -1, at), tap(-1, 1, at), tap(0, -2, at),
+                            tap(-2, 0, at))
+    grad = np.abs(n - nw) + np.abs(w - nw) + np.abs(ne - n) + np.abs(w - ww) + np.abs(n - nn)
+    keep = grad > 0
+    if int(keep.sum()) < 8 * k.N_LS:
+        return weights, thresholds
+    gthr = np.maximum.accumulate(np.floor(np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])))
+    ithr = np.maximum.accumulate(np.floor(np.quantile(n[keep], [(i + 1) / k.N_ICLS for i in range(k.N_ICLS - 1)])))
+    thresholds = np.concatenate([gthr, ithr]).astype(np.int64)
+    classes = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
+               + k.N_GCLS * np.searchsorted(thresholds[k.N_GCLS - 1:], n, side="left"))
+    offsets = k.TAP_DY * cols + k.TAP_DX
+    for cls in range(k.N_CLS):
+        index = np.flatnonzero(keep & (classes == cls))
+        if len(index) < 4 * k.N_LS:
+            continue
+        if len(index) > _MAX_FIT_SAMPLES:
+            index = index[:: -(-len(index) // _MAX_FIT_SAMPLES)]
+        where = at[index]
+        base = w[index]
+        scale = 1.0 / (grad[index] + 4.0)
+        taps = (flat[where[:, None] + offsets[None, :]] - base[:, None]) * scale[:, None]
+        target = (flat[where] - base) * scale
+        normal = taps.T @ taps
+        normal[np.diag_indices_from(normal)] += 1e-6 * (np.trace(normal) / k.N_LS + 1.0)
+        try:
+            solution = np.linalg.solve(normal, taps.T @ target)
+        except np.linalg.LinAlgError:
+            continue
+        if np.all(np.isfinite(solution)):
+            weights[cls] = np.clip(np.round(solution * (1 << k.LS_SHIFT)), -32768, 32767).astype(np.int64)
+    return weights, thresholds
+    gthr = np.maximum.accumulate(np.floor(np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])))
+    ithr = np.maximum.accumulate(np.floor(np.quantile(n[keep], [(i + 1) / k.N_ICLS for i in range(k.N_ICLS - 1)])))
+    thresholds = np.concatenate([gthr, ithr]).astype(np.int64)
+    classes = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
+               + k.N_GCLS * np.searchsorted(thresholds[k.N_GCLS - 1:], n, side="left"))
+    target = (shifted(0, 0) - w).astype(np.float64)
+    taps = np.stack([shifted(int(dy), int(dx)) - w for dy, dx in zip(k.TAP_DY, k.TAP_DX)], axis=1).astype(np.float64)
+    for cls in range(k.N_CLS):
+        index = np.flatnonzero(keep & (classes == cls))
+        if len(index) < 4 * k.N_LS:
+            continue
+        if len(index) > _MAX_FIT_SAMPLES:
+            index = index[:: len(index) // _MAX_FIT_SAMPLES]
+        scale = 1.0 / (grad[index] + 4.0)
+        solution, *_ = np.linalg.lstsq(taps[index] * scale[:, None], target[index] * scale, rcond=None)
+        if np.all(np.isfinite(solution)):
+            weights[cls] = np.clip(np.round(solution * (1 << k.LS_SHIFT)), -32768, 32767).astype(np.int64)
+    return weights, thresholds
