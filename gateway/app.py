@@ -119,6 +119,7 @@ class Gateway:
             on_waiting=self.metrics.pool_waiting.set,
             on_wait=self.metrics.pool_wait.observe,
             on_rejected=self.metrics.pool_rejections.inc,
+            worker_logging=(settings.logging.level, settings.logging.format),
         )
         self.metrics.pool_capacity.set(settings.queue_limit)
         self.metrics.pool_workers.set(settings.worker_count)

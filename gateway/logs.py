@@ -53,11 +53,33 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class DemoteDatasetWarnings(logging.Filter):
+    """pydicom's warnings quote element values (a patient's name among them): DEBUG lines only.
+
+    They describe the sender's data, not a fault of the gateway, and reach us both through
+    pydicom's logger and through the warnings module.
+    """
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self._debug = debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "py.warnings" or record.name == "pydicom" or record.name.startswith("pydicom."):
+            if not self._debug:
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def configure(level: str, fmt: str) -> None:
+    """Route every log record and warning of this process to one JSON (or text) stream on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(DemoteDatasetWarnings(logging.getLevelName(level) <= logging.DEBUG))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)
     # pynetdicom logs identifiers and UIDs at INFO; keep its chatter to warnings.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -36,6 +36,16 @@ def _warm_up() -> None:
     pixcodec.default_registry()
 
 
+def _start_worker(logging_setup: tuple[str, str] | None) -> None:
+    # A worker starts from the fork server, not from the configured main process: without this its
+    # warnings would reach stderr as plain text, outside the JSON stream and its PHI rules.
+    if logging_setup is not None:
+        from gateway import logs
+
+        logs.configure(*logging_setup)
+    _warm_up()
+
+
 class CodecPool:
     def __init__(
         self,
@@ -47,7 +57,9 @@ class CodecPool:
         on_waiting: Callable[[int], None] = lambda _waiting: None,
         on_wait: Callable[[float], None] = lambda _seconds: None,
         on_rejected: Callable[[], None] = lambda: None,
+        worker_logging: tuple[str, str] | None = None,
     ) -> None:
+        """`worker_logging`: (level, format) for logs.configure in each worker process."""
         self._workers = workers
         self._slots = threading.BoundedSemaphore(queue_limit)
         self._timeout = queue_timeout
@@ -56,13 +68,17 @@ class CodecPool:
         self._waiting = 0
         self._on_depth, self._on_restart = on_depth, on_restart
         self._on_waiting, self._on_wait, self._on_rejected = on_waiting, on_wait, on_rejected
+        self._worker_logging = worker_logging
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["gateway.services.prepare", "pixcodec"])
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self._workers, mp_context=self._context, initializer=_warm_up
+            max_workers=self._workers,
+            mp_context=self._context,
+            initializer=_start_worker,
+            initargs=(self._worker_logging,),
         )
 
     def _track(self, delta: int) -> None:
