@@ -18,12 +18,14 @@ from gateway.config import Settings
 from gateway.dimse.ae import build_ae, event_handlers
 from gateway.dimse.find import FindHandler, accept_extended_negotiation
 from gateway.dimse.handlers import AssociationTracker, EchoHandler, StoreHandler
+from gateway.dimse.retrieve import GetHandler, MoveHandler
 from gateway.http.readiness import Readiness
 from gateway.http.server import HttpServer
 from gateway.metrics import IndexSizeCollector, Metrics
 from gateway.services.ingest import IngestService
 from gateway.services.pool import CodecPool
 from gateway.services.query import QueryService
+from gateway.services.retrieve import RetrieveService
 from pixcodec import default_registry
 from storage.blobs.base import BlobStore
 from storage.blobs.database import DatabaseBlobStore
@@ -132,6 +134,7 @@ class Gateway:
             duplicates=settings.ingest.duplicates,
         )
         self.query = QueryService(self.engine, self.blobs, ae_title=settings.dicom.ae_title)
+        self.retrieve = RetrieveService(self.engine, self.blobs, workers=settings.worker_count)
         tracker = AssociationTracker(self.metrics, frozenset(settings.dicom.allowed_calling_aets))
         self.ae = build_ae(settings.dicom)
         self._handlers = event_handlers(
@@ -144,6 +147,8 @@ class Gateway:
             on_store=StoreHandler(self.ingest, tracker, self.metrics),
             on_find=FindHandler(self.query, tracker, self.metrics),
             on_sop_extended=accept_extended_negotiation,
+            on_get=GetHandler(self.retrieve, tracker, self.metrics),
+            on_move=MoveHandler(self.retrieve, tracker, self.metrics, settings.dicom.destinations),
         )
         self.readiness = Readiness(
             {"database": self.index.ping, "blob_store": self.blobs.ping}, self.metrics.observe_dependency
@@ -193,6 +198,7 @@ class Gateway:
                 log.warning("aborting an association still running at shutdown")
                 assoc.abort()
         self.ae.shutdown()
+        self.retrieve.shutdown()
         self.pool.shutdown()
         if self.http is not None:
             self.http.stop()

@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway import syntaxes
 from storage.records import DuplicatePolicy
 
 DEFAULT_DATA_DIR = Path("pacs-gateway-data")
@@ -31,6 +32,24 @@ AETitle = Annotated[
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DestinationSettings(_Section):
+    """A C-MOVE destination: where sub-operations for this Move Destination AE title go."""
+
+    ae_title: AETitle
+    host: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    # Transfer syntaxes the destination may be offered; empty means every syntax we can send.
+    transfer_syntaxes: tuple[str, ...] = ()
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _known_syntaxes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [uid for uid in value if not syntaxes.is_known(uid)]
+        if unknown:
+            raise ValueError(f"unknown transfer syntax UID(s): {', '.join(unknown)}")
+        return value
 
 
 class DicomSettings(_Section):
@@ -46,6 +65,16 @@ class DicomSettings(_Section):
     acse_timeout_seconds: PositiveFloat = 30.0
     # Seconds a SIGTERM waits for running associations before aborting them.
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    destinations: tuple[DestinationSettings, ...] = ()
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_destinations(cls, value: tuple[DestinationSettings, ...]) -> tuple[DestinationSettings, ...]:
+        titles = [destination.ae_title for destination in value]
+        repeated = sorted({title for title in titles if titles.count(title) > 1})
+        if repeated:
+            raise ValueError(f"AE title(s) listed more than once: {', '.join(repeated)}")
+        return value
 
 
 class DatabaseSettings(_Section):

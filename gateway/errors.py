@@ -32,6 +32,17 @@ class OutOfResources(GatewayError):
     reason = "out_of_resources"
 
 
+class MatchesUnavailable(OutOfResources):
+    """The index cannot say which instances a C-GET/C-MOVE identifier selects (database down)."""
+
+
+class MoveDestinationUnknown(GatewayError):
+    """The Move Destination AE title is not a configured destination."""
+
+    default_status = 0xA801
+    reason = "move_destination_unknown"
+
+
 class DatasetDoesNotMatchSOPClass(GatewayError):
     """The dataset contradicts its command: other SOP Class / Instance UID."""
 
@@ -71,6 +82,9 @@ class DuplicateRejected(GatewayError):
 _OVERRIDES: dict[tuple[type[GatewayError], Service], int] = {
     (OutOfResources, Service.C_GET): 0xA702,
     (OutOfResources, Service.C_MOVE): 0xA702,
+    # PS3.4 C.4.2.1.5 and C.4.3.1.3.1: out of resources, unable to calculate number of matches.
+    (MatchesUnavailable, Service.C_GET): 0xA701,
+    (MatchesUnavailable, Service.C_MOVE): 0xA701,
 }
 
 ERROR_COMMENT_MAX = 64  # (0000,0902) is LO

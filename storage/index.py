@@ -93,7 +93,7 @@ class SqlIndex:
             statement = statement.where(Instance.revision == revision)
         with unavailable_as("locate instance"), Session(self._engine) as session:
             row = session.execute(statement).first()
-        return None if row is None else _stored(row)
+        return None if row is None else stored_instance(row)
 
     def iter_instances(
         self, *, study_instance_uid: str | None = None, current_only: bool = False
@@ -113,7 +113,7 @@ class SqlIndex:
             with unavailable_as("list instances"), Session(self._engine) as session:
                 rows = session.execute(statement.where(Instance.id > after)).all()
             for row in rows:
-                yield _stored(row)
+                yield stored_instance(row)
             if len(rows) < self._batch_size:
                 return
             after = rows[-1][0].id
@@ -255,6 +255,7 @@ def _record(
             pixel_sha256=attrs.pixel_sha256,
             received_at=attrs.received_at,
             calling_ae_title=attrs.calling_ae_title,
+            compression_fallback=attrs.compression_fallback,
             blob_store=blob.store,
             blob_key=blob.key,
             blob_size=blob.size,
@@ -342,7 +343,7 @@ def _stored_instances() -> sa.Select[Instance, str, str]:
     )
 
 
-def _stored(row: Row[Instance, str, str]) -> StoredInstance:
+def stored_instance(row: Row[Instance, str, str]) -> StoredInstance:
     instance, series_uid, study_uid = row
     return StoredInstance(
         sop_instance_uid=instance.sop_instance_uid,

@@ -11,16 +11,17 @@ import enum
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.db import unavailable_as
+from storage.index import stored_instance
 from storage.matching import Matcher, Range, datetime_range_sql, to_sql
 from storage.models import Instance, Patient, Series, Study
-from storage.records import BlobRef
+from storage.records import BlobRef, StoredInstance
 
 
 class Level(enum.StrEnum):
@@ -152,6 +153,27 @@ def find(engine: Engine, query: LevelQuery, *, batch_size: int = 500) -> Iterato
         if len(rows) < batch_size:
             return
         after = pks[-1]
+
+
+def matching_instances(engine: Engine, query: LevelQuery, *, batch_size: int = 500) -> Iterator[StoredInstance]:
+    """The current instances of the entities `query` matches (C-GET, C-MOVE), in index order."""
+    columns = cast(sa.Select[Any], sa.select(Instance, Series.series_instance_uid, Study.study_instance_uid))
+    statement = (
+        _joined(columns, Level.IMAGE)
+        .where(*_conditions(query))
+        .order_by(Instance.id)
+        .limit(batch_size)
+    )
+    after: Any = None
+    while True:
+        page = statement if after is None else statement.where(Instance.id > after)
+        with unavailable_as("retrieve"), Session(engine) as session:
+            rows = session.execute(page).all()
+        for row in rows:
+            yield stored_instance(row)
+        if len(rows) < batch_size:
+            return
+        after = rows[-1][0].id
 
 
 def _joined(statement: sa.Select[Any], level: Level) -> sa.Select[Any]:

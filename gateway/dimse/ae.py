@@ -17,6 +17,13 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 # Patient Root and Study Root Query/Retrieve - FIND.
 QUERY_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+# Patient Root and Study Root Query/Retrieve - GET and - MOVE.
+QUERY_RETRIEVE = (
+    "1.2.840.10008.5.1.4.1.2.1.3",
+    "1.2.840.10008.5.1.4.1.2.2.3",
+    "1.2.840.10008.5.1.4.1.2.1.2",
+    "1.2.840.10008.5.1.4.1.2.2.2",
+)
 
 
 def build_ae(settings: DicomSettings) -> AE:
@@ -30,11 +37,13 @@ def build_ae(settings: DicomSettings) -> AE:
         ae.require_calling_aet = list(settings.allowed_calling_aets)
     accepted = list(syntaxes.ACCEPTED)
     ae.add_supported_context(VERIFICATION, [*syntaxes.NATIVE])
-    for sop_class in QUERY_FIND:
+    for sop_class in (*QUERY_FIND, *QUERY_RETRIEVE):
         ae.add_supported_context(sop_class, [*syntaxes.NATIVE])
     for context in AllStoragePresentationContexts:
         if context.abstract_syntax is not None:
-            ae.add_supported_context(context.abstract_syntax, accepted)
+            # Both roles, so a C-GET SCU that proposes the SCP role for storage gets it (we send
+            # the sub-operations) while modalities that propose no roles store as before.
+            ae.add_supported_context(context.abstract_syntax, accepted, scu_role=True, scp_role=True)
     return ae
 
 
@@ -49,8 +58,11 @@ def event_handlers(
     on_store: Callable[..., Any],
     on_find: Callable[..., Any] | None = None,
     on_sop_extended: Callable[..., Any] | None = None,
+    on_get: Callable[..., Any] | None = None,
+    on_move: Callable[..., Any] | None = None,
 ) -> Sequence[Handler]:
-    optional = [(evt.EVT_C_FIND, on_find), (evt.EVT_SOP_EXTENDED, on_sop_extended)]
+    optional = [(evt.EVT_C_FIND, on_find), (evt.EVT_SOP_EXTENDED, on_sop_extended),
+                (evt.EVT_C_GET, on_get), (evt.EVT_C_MOVE, on_move)]
     return [
         (evt.EVT_CONN_OPEN, on_conn_open),
         (evt.EVT_ACCEPTED, on_accepted),

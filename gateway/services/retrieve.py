@@ -1,0 +1,216 @@
+"""C-GET and C-MOVE: which instances an identifier selects, and each one ready to send.
+
+For every instance the transfer syntax is the best one the peer accepted for its SOP class, in
+DESIGN.md's order: the received syntax (rebuilt exactly), the standard syntax of the stored
+pixcodec codec (frames sent as stored), explicit VR little endian, implicit VR little endian.
+Preparing (blob read, rebuild, decode) runs on a small thread pool a few instances ahead of the
+network, so the link does not wait for the codec while memory holds only those few.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pydicom import uid
+from pydicom.dataset import Dataset
+from sqlalchemy.engine import Engine
+
+from gateway.errors import InvalidIdentifier, MatchesUnavailable
+from gateway.instance_blob import BlobFormatError
+from gateway.services.identifiers import UNIQUE_KEYS, InformationModel, Negotiated, parse_identifier
+from gateway.services.rebuild import RebuildError, rebuild_instance
+from gateway.services.transcode import (
+    Mode,
+    TranscodeError,
+    parse,
+    passthrough,
+    reencoded,
+    to_native,
+    with_syntax,
+)
+from pixcodec import CodecError, CodecRegistry, default_registry
+from storage.blobs.base import BlobStore, BlobStoreError
+from storage.db import IndexUnavailable
+from storage.matching import Universal
+from storage.query import Level, LevelQuery, matching_instances
+from storage.records import StorageMode, StoredInstance
+
+log = logging.getLogger(__name__)
+
+# Query/Retrieve GET and MOVE SOP classes, by the information model whose identifiers they take.
+GET_MODELS: Mapping[str, InformationModel] = {
+    "1.2.840.10008.5.1.4.1.2.1.3": InformationModel.PATIENT_ROOT,
+    "1.2.840.10008.5.1.4.1.2.2.3": InformationModel.STUDY_ROOT,
+}
+MOVE_MODELS: Mapping[str, InformationModel] = {
+    "1.2.840.10008.5.1.4.1.2.1.2": InformationModel.PATIENT_ROOT,
+    "1.2.840.10008.5.1.4.1.2.2.2": InformationModel.STUDY_ROOT,
+}
+
+NATIVE_TARGETS = (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian)
+
+# Sub-operations are counted in US fields (PS3.7 C.4.2/C.4.3).
+MAX_SUBOPERATIONS = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    syntax: str
+    mode: Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One instance ready for its C-STORE sub-operation, or the reason it cannot be sent."""
+
+    stored: StoredInstance
+    dataset: Dataset | None
+    syntax: str | None = None
+    mode: Mode | None = None
+    error: str | None = None
+
+
+class RetrieveService:
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        *,
+        workers: int,
+        prefetch: int = 4,
+        registry: CodecRegistry | None = None,
+    ) -> None:
+        self._engine, self._blobs = engine, blobs
+        self._registry = registry or default_registry()
+        self._prefetch = max(1, prefetch)
+        # Threads, not the codec processes: the frames and datasets are large to pickle, and the
+        # decoders (numpy, CharLS, OpenJPEG, zstd) release the GIL.
+        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="retrieve")
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def resolve(self, identifier: Dataset, model: InformationModel) -> list[StoredInstance]:
+        """The current instances the identifier selects (PS3.4 C.4.2.2.1 / C.4.3.2.1).
+
+        Only the unique keys at and above the Query/Retrieve Level select; a list of UIDs is
+        allowed at the level itself. InvalidIdentifier (0xA900) for a bad identifier,
+        MatchesUnavailable (0xA701) when the index cannot be read.
+        """
+        request = parse_identifier(identifier, model, Negotiated())
+        unique = {UNIQUE_KEYS[level] for level in Level if model.top.depth <= level.depth <= request.level.depth}
+        conditions = {kw: m for kw, m in request.index_query.conditions.items() if kw in unique}
+        own = UNIQUE_KEYS[request.level]
+        if own not in conditions or isinstance(conditions[own], Universal):
+            raise InvalidIdentifier(f"{own} required to retrieve at the {request.level.value} level")
+        try:
+            found = list(matching_instances(self._engine, LevelQuery(Level.IMAGE, conditions)))
+        except IndexUnavailable as exc:
+            raise MatchesUnavailable(f"database unavailable: {exc}") from exc
+        if len(found) > MAX_SUBOPERATIONS:
+            raise InvalidIdentifier(f"{len(found)} instances match; at most {MAX_SUBOPERATIONS} per request")
+        return found
+
+    def codec_syntax(self, stored: StoredInstance) -> str | None:
+        """The standard transfer syntax the stored frames are in, if the codec has one."""
+        if stored.storage_mode is not StorageMode.COMPRESSED or stored.codec_id is None:
+            return None
+        try:
+            codec = self._registry.get(stored.codec_id, stored.codec_version or 0)
+        except CodecError:
+            return None
+        return codec.transfer_syntax_uid
+
+    def candidates(self, stored: StoredInstance, accepted: Iterable[str]) -> list[Candidate]:
+        """The ways to send `stored` to a peer that accepted `accepted` for its SOP class, best first."""
+        offered = set(accepted)
+        received = stored.transfer_syntax_uid
+        out: list[Candidate] = []
+        if received in offered:
+            out.append(Candidate(received, Mode.ORIGINAL))
+        codec_syntax = self.codec_syntax(stored)
+        if codec_syntax is not None and codec_syntax != received and codec_syntax in offered:
+            out.append(Candidate(codec_syntax, Mode.PASSTHROUGH))
+        out.extend(Candidate(s, Mode.DECODED) for s in NATIVE_TARGETS if s in offered and s != received)
+        return out
+
+    def wanted_syntaxes(self, stored: StoredInstance) -> list[str]:
+        """Every syntax worth proposing for `stored` (C-MOVE), best first."""
+        every = [stored.transfer_syntax_uid, self.codec_syntax(stored), *NATIVE_TARGETS]
+        return list(dict.fromkeys(s for s in every if s is not None))
+
+    def prepare(self, stored: StoredInstance, candidates: list[Candidate]) -> Prepared:
+        """The first candidate that works; a failure (never an exception) when none does."""
+        if not candidates:
+            return Prepared(stored, None, error="no accepted presentation context for its SOP class")
+        rebuilt: bytes | None = None
+        try:
+            for candidate in candidates:
+                if candidate.mode is Mode.PASSTHROUGH:
+                    with self._blobs.open(stored.blob) as fp:
+                        dataset = passthrough(fp, received=stored.transfer_syntax_uid, syntax=candidate.syntax)
+                    if dataset is None:
+                        continue  # not allowed or not possible for these frames: decode instead
+                    return Prepared(stored, reencoded(dataset, candidate.syntax), candidate.syntax, candidate.mode)
+                if rebuilt is None:
+                    sink = io.BytesIO()
+                    rebuild_instance(self._blobs, stored, sink.write)
+                    rebuilt = sink.getvalue()
+                dataset = parse(rebuilt, stored.transfer_syntax_uid)
+                if candidate.mode is Mode.ORIGINAL:
+                    return Prepared(stored, with_syntax(dataset, candidate.syntax), candidate.syntax, candidate.mode)
+                native = to_native(dataset, stored.transfer_syntax_uid)
+                return Prepared(stored, reencoded(native, candidate.syntax), candidate.syntax, candidate.mode)
+        except (RebuildError, BlobFormatError, BlobStoreError, CodecError, TranscodeError, OSError) as exc:
+            return Prepared(stored, None, error=str(exc) or type(exc).__name__)
+        return Prepared(stored, None, error="no accepted transfer syntax can carry it")
+
+    def prepared(
+        self,
+        instances: list[StoredInstance],
+        accepted: Callable[[str], Iterable[str]],
+        cancelled: threading.Event | None = None,
+    ) -> Generator[Prepared, None, None]:
+        """Each instance prepared, in order, at most `prefetch` of them ahead of the consumer.
+
+        `accepted(sop_class)` gives the transfer syntaxes the peer accepted for that SOP class.
+        Closing the iterator (cancel, abort) drops the work not yet started.
+        """
+        pending: deque[Future[Prepared]] = deque()
+        upcoming = iter(instances)
+
+        def submit() -> None:
+            stored = next(upcoming, None)
+            if stored is not None and not (cancelled is not None and cancelled.is_set()):
+                plan = self.candidates(stored, accepted(stored.sop_class_uid))
+                pending.append(self._executor.submit(self.prepare, stored, plan))
+
+        try:
+            for _ in range(self._prefetch):
+                submit()
+            while pending:
+                result = pending.popleft().result()
+                submit()
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def failed_placeholder(prepared: Prepared) -> Dataset:
+    """What to yield for a sub-operation that cannot be sent: pynetdicom's C-STORE of it fails
+    before anything goes on the wire (no SOP Class UID), so pynetdicom counts it as failed and
+    names its SOP Instance UID in the Failed SOP Instance UID List."""
+    placeholder = Dataset()
+    placeholder.SOPInstanceUID = prepared.stored.sop_instance_uid
+    return placeholder
+
+
+def sop_classes(instances: Iterable[StoredInstance]) -> list[str]:
+    return list(dict.fromkeys(stored.sop_class_uid for stored in instances))
