@@ -1,4 +1,4 @@
-"""pacs-gateway: serve | db upgrade | verify | sweep | config."""
+"""pacs-gateway: serve | db upgrade | verify | sweep | config | report."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     scope.add_argument("--study", metavar="UID", help="one study")
     commands.add_parser("sweep", parents=[common], help="remove orphan blobs and stale spool files now")
     commands.add_parser("config", parents=[common], help="print the effective configuration (secrets masked)")
+    report = commands.add_parser("report", parents=[common], help="what compression saved, per modality and codec, from the index")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the savings per modality (needs matplotlib)")
     return parser
 
 
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(settings, args.study)
     if args.command == "sweep":
         return _sweep(settings)
+    if args.command == "report":
+        return _report(settings, as_json=args.json, plot=args.plot)
     return 2
 
 
@@ -138,6 +143,30 @@ def _sweep(settings: Settings) -> int:
     finally:
         engine.dispose()
     print(f"removed {removed} orphan blobs")
+    return 0
+
+
+def _report(settings: Settings, *, as_json: bool, plot: Path | None) -> int:
+    from gateway import report
+    from gateway.app import SchemaOutOfDate, open_database
+    from storage.db import IndexUnavailable
+
+    try:
+        engine = open_database(settings, upgrade_empty=False)
+        try:
+            summary = report.build_report(engine)
+        finally:
+            engine.dispose()
+    except (SchemaOutOfDate, IndexUnavailable) as exc:
+        print(f"pacs-gateway: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(report.as_json(summary) if as_json else report.as_table(summary))
+    if plot is not None:
+        try:
+            report.plot_savings(summary, plot)
+        except report.PlotUnavailable as exc:
+            print(f"pacs-gateway: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -157,6 +157,8 @@ class Instance(Base):
     pixel_sha256: Mapped[str | None] = mapped_column(sa.String(SHA256_LENGTH))
     received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     calling_ae_title: Mapped[str]
+    # codec_error | verification_failed | worker_lost: compression was planned, pixels kept as received.
+    compression_fallback: Mapped[str | None] = mapped_column(sa.String(32))
 
     blob_store: Mapped[str]
     blob_key: Mapped[str]

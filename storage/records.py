@@ -92,6 +92,9 @@ class InstanceAttrs:
     pixel_sha256: str | None  # of the native pixel frames (little endian), when decodable
     received_at: dt.datetime  # timezone-aware UTC
     calling_ae_title: str
+    # Why compression was planned but the pixels were kept as received (codec_error,
+    # verification_failed, worker_lost); None when it was not planned or succeeded.
+    compression_fallback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

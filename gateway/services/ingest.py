@@ -130,6 +130,7 @@ class IngestService:
                 pixel_sha256=prepared.pixel_sha256,
                 received_at=dt.datetime.now(dt.timezone.utc),
                 calling_ae_title=request.calling_ae_title,
+                compression_fallback=prepared.fallback.value if prepared.fallback else None,
             ),
         )
         try:
