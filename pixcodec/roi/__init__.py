@@ -7,10 +7,11 @@ against it, and `figures` measures the result. All are pure functions on numpy a
 
 from .codec import LOSSY_METHOD, Layout, RoiHeader, decode, encode, read_header, stored_values
 from .figures import RoiFigures, measure
-from .geometry import ImagePlane, contours_mask, rtstruct_contours, seg_frames_for_image, seg_frames_mask
+from .geometry import ImagePlane, contours_mask, rescale_of, rtstruct_contours, seg_frames_for_image, seg_frames_mask
 from .masks import (
     DEFAULT_MARGIN,
     Rect,
+    automatic_mask,
     burned_in_text_mask,
     collimated_field_mask,
     ct_body_mask,
@@ -30,6 +31,7 @@ __all__ = [
     "Rect",
     "RoiFigures",
     "RoiHeader",
+    "automatic_mask",
     "burned_in_text_mask",
     "collimated_field_mask",
     "contours_mask",
@@ -43,6 +45,7 @@ __all__ = [
     "overlay_mask",
     "read_header",
     "rectangles_mask",
+    "rescale_of",
     "rtstruct_contours",
     "seg_frames_for_image",
     "seg_frames_mask",

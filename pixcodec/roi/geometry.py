@@ -19,6 +19,7 @@ from .masks import Mask, dilate
 __all__ = [
     "ImagePlane",
     "contours_mask",
+    "rescale_of",
     "rtstruct_contours",
     "seg_frames_for_image",
     "seg_frames_mask",
@@ -52,6 +53,19 @@ class ImagePlane:
         columns = offset @ row_direction / self.spacing[1]
         rows = offset @ column_direction / self.spacing[0]
         return np.stack([rows, columns], axis=1), np.abs(offset @ normal)
+
+
+def rescale_of(ds: Dataset) -> tuple[float, float]:
+    """(slope, intercept) of the Modality LUT (0028,1053)/(0028,1052), from the top level or, for
+    enhanced objects, the shared Pixel Value Transformation; (1, 0) when absent."""
+    source: Dataset | None = ds if "RescaleIntercept" in ds else None
+    if source is None:
+        for group in ds.get("SharedFunctionalGroupsSequence") or []:
+            for item in group.get("PixelValueTransformationSequence") or []:
+                source = item
+    if source is None:
+        return 1.0, 0.0
+    return float(source.get("RescaleSlope", 1.0) or 1.0), float(source.get("RescaleIntercept", 0.0) or 0.0)
 
 
 def contours_mask(shape: tuple[int, int], contours: Iterable[npt.NDArray[np.floating]], *, margin: int = 1) -> Mask:

@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "DEFAULT_MARGIN",
     "Rect",
+    "automatic_mask",
     "burned_in_text_mask",
     "collimated_field_mask",
     "ct_body_mask",
@@ -369,3 +370,33 @@ def _paste(target: Mask, plane: Mask, top: int, left: int) -> None:
     if height > 0 and width > 0:
         target[top:top + height, left:left + width] |= plane[source_top:source_top + height,
                                                              source_left:source_left + width]
+
+
+# Modalities whose frames are projection radiographs, found by their collimated field.
+_PROJECTION = frozenset({"CR", "DX", "MG", "IO", "PX", "RG"})
+# Modalities whose devices burn text and graphics into the pixels.
+_ANNOTATED = frozenset({"US", "XA", "RF", "ES", "XC", "OT", "SC"})
+
+
+def automatic_mask(pixels: Pixels, modality: str, *, photometric: str = "MONOCHROME2", bits_stored: int = 16,
+                   slope: float = 1.0, intercept: float = 0.0, margin: int = DEFAULT_MARGIN) -> Mask:
+    """The automatic ROI for a frame of `modality` (0008,0060): its anatomy finder, plus burned-in
+    text where the modality draws it. A modality without a finder gets everything, so it stays
+    lossless however the policy is set. Colour frames are only ever ultrasound-like.
+    """
+    values = np.asarray(pixels)
+    shape = values.shape[:2]
+    grey_only = values.ndim == 2
+    if modality == "CT" and grey_only:
+        mask = ct_body_mask(values, slope, intercept, margin=margin)
+    elif modality == "MR" and grey_only:
+        mask = mr_foreground_mask(values, margin=margin)
+    elif modality in _PROJECTION and grey_only and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        mask = collimated_field_mask(values, photometric=photometric, margin=margin)
+    elif modality == "US":
+        mask = ultrasound_sector_mask(values, photometric=photometric, bits_stored=bits_stored, margin=margin)
+    else:
+        return np.ones(shape, dtype=bool)
+    if modality in _ANNOTATED or not grey_only:
+        mask |= burned_in_text_mask(values, photometric=photometric, bits_stored=bits_stored)
+    return mask
