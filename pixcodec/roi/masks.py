@@ -132,9 +132,8 @@ def ct_body_mask(pixels: Pixels, slope: float = 1.0, intercept: float = 0.0, *, 
     _check_plane(values)
     hu = values.astype(np.float64) * slope + intercept
     body = hu > threshold_hu
-    # A thin opening cuts the couch and cables where they touch the skin, so they do not join
-    # the body's component; the margin later restores the skin line.
-    body = ndi.binary_opening(body, structure=_disk(1))
+    # No opening before choosing components: it would cut a thin limb or a skin fold off the
+    # body, and the patient matters more than the few bytes of a couch that touches the skin.
     body = keep_large_components(body, keep=keep)
     body = ndi.binary_fill_holes(body)
     return dilate(body, margin)
@@ -160,7 +159,7 @@ def mr_foreground_mask(pixels: Pixels, *, margin: int = DEFAULT_MARGIN, fraction
     # averaging shrinks the noise's spread and leaves the tissue's level where it is.
     foreground = ndi.uniform_filter(grey, 5) > low + fraction * (high - low)
     radius = _scaled_radius(grey.shape, 2)
-    foreground = ndi.binary_opening(foreground, structure=_disk(radius))
+    foreground = _opened(foreground, radius)
     foreground = keep_large_components(foreground, keep=keep, min_share=0.01)
     foreground = _closed(foreground, _scaled_radius(grey.shape, 8))
     foreground = ndi.binary_fill_holes(foreground)
@@ -196,7 +195,7 @@ def collimated_field_mask(pixels: Pixels, *, photometric: str = "MONOCHROME2", m
     low, high = np.percentile(smooth, [1.0, 99.0])
     extreme = (smooth <= low + extreme_fraction * (high - low)) | (smooth >= high - extreme_fraction * (high - low))
     flat = (ndi.uniform_filter(gradient, 5) < flat_fraction * reference) & extreme
-    flat = ndi.binary_opening(flat, structure=_disk(2))
+    flat = _opened(flat, 2)
     outside = _touching_border(flat)
     field = ndi.binary_fill_holes(~outside)
     field = keep_large_components(field, keep=1)
@@ -223,7 +222,7 @@ def ultrasound_sector_mask(pixels: Pixels, *, photometric: str = "MONOCHROME2", 
     if not lit.any():
         return np.ones(grey.shape, dtype=bool)
     sector = _closed(lit, 4)
-    sector = ndi.binary_opening(sector, structure=_disk(4))
+    sector = _opened(sector, 4)
     sector = keep_large_components(sector, keep=1)
     sector = ndi.binary_fill_holes(sector)
     if not sector.any():
@@ -295,22 +294,31 @@ def _check_plane(values: npt.NDArray[np.generic]) -> None:
         raise ValueError(f"a mask needs one non-empty (rows, columns) plane, not shape {values.shape}")
 
 
-def _disk(radius: int) -> Mask:
-    span = np.arange(-radius, radius + 1)
-    disk: Mask = span[:, None] ** 2 + span[None, :] ** 2 <= radius * radius
-    return disk
-
-
 def _scaled_radius(shape: tuple[int, ...], radius_at_256: int) -> int:
     return max(1, round(radius_at_256 * min(shape) / 256))
 
 
 def _closed(mask: Mask, radius: int) -> Mask:
-    """Closing that treats the outside of the image as empty: scipy's plain closing erodes from
-    the border, so a region touching the edge would lose its rim."""
+    """Closing by a Euclidean disk, treating the outside of the image as empty (a region touching
+    the edge keeps its rim). Built from two distance transforms, so its cost does not grow with
+    the radius as a structuring element's does."""
     padded = np.pad(mask, radius + 1)
-    closed = ndi.binary_closing(padded, structure=_disk(radius))
+    if not padded.any():
+        return np.asarray(mask, dtype=bool).copy()
+    grown = ndi.distance_transform_edt(~padded) <= radius
+    closed = ndi.distance_transform_edt(grown) > radius
     result: Mask = closed[radius + 1:-(radius + 1), radius + 1:-(radius + 1)]
+    return result
+
+
+def _opened(mask: Mask, radius: int) -> Mask:
+    """Opening by a Euclidean disk (see `_closed`): removes whatever is thinner than 2 * radius."""
+    padded = np.pad(mask, radius + 1)
+    if not padded.any():
+        return np.asarray(mask, dtype=bool).copy()
+    shrunk = ndi.distance_transform_edt(padded) > radius
+    opened = ndi.distance_transform_edt(~shrunk) <= radius if shrunk.any() else shrunk
+    result: Mask = opened[radius + 1:-(radius + 1), radius + 1:-(radius + 1)]
     return result
 
 
