@@ -50,8 +50,12 @@ _TOP = 1 << 24
 _MASK32 = 0xFFFFFFFF
 _PROB_ONE = 1 << 16
 _PROB_HALF = 1 << 15
-_PROB_MIN = 48
-_PROB_MAX = _PROB_ONE - 48
+_PROB_MIN = 16
+_PROB_MAX = _PROB_ONE - 16
+# Estimates carry 6 bits more than the coder uses, so that a slow estimate still converges to
+# near-certainty (flat areas) instead of stalling where its update step rounds to zero.
+_EST_SHIFT = 6
+_EST_ONE = _PROB_ONE << _EST_SHIFT
 _RATE_FAST = 5
 _RATE_SLOW = 8
 
@@ -135,14 +139,14 @@ def _model_bit(s, buf, end, encode, bit, prob, row, slot):  # type: ignore[no-un
     learning faster over their first observations."""
     pf = prob[0, row, slot]
     ps = prob[1, row, slot]
-    p1 = (pf + ps) >> 1
+    p1 = (pf + ps) >> (1 + _EST_SHIFT)
     if p1 < _PROB_MIN:
         p1 = _PROB_MIN
     elif p1 > _PROB_MAX:
         p1 = _PROB_MAX
     s, bit = _code_bit(s, buf, end, encode, bit, p1)
     c = prob[2, row, slot]
-    target = _PROB_ONE if bit else 0
+    target = _EST_ONE if bit else 0
     prob[0, row, slot] = pf + ((target - pf) >> (c + 1 if c < _RATE_FAST else _RATE_FAST))
     prob[1, row, slot] = ps + ((target - ps) >> (c + 1 if c < _RATE_SLOW else _RATE_SLOW))
     if c < _RATE_SLOW:
@@ -174,8 +178,8 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
 
     # prob[0]: fast estimate, prob[1]: slow estimate, prob[2]: observations so far (capped).
     prob = np.zeros((3, N_CTX + N_BCTX, N_SLOTS), dtype=np.int64)
-    prob[0] = _PROB_HALF
-    prob[1] = _PROB_HALF
+    prob[0] = _EST_ONE >> 1
+    prob[1] = _EST_ONE >> 1
     bias_sum = np.zeros(N_BIAS, dtype=np.int64)
     bias_cnt = np.zeros(N_BIAS, dtype=np.int64)
 

@@ -24,10 +24,13 @@ PRED_BITSTREAM_VERSION = 1
 MAGIC = b"PRD"
 FLAG_TABLES = 1  # predictor tables follow; otherwise the fixed (W + N) / 2 predictor
 FLAG_MODEL = 2  # the learned context model named by the digest that follows ran
+FLAG_PACKED = 4  # pixels are coded as ranks among the values the frame uses; the set follows
+_FLAGS = FLAG_TABLES | FLAG_MODEL | FLAG_PACKED
 
 # magic, version, flags, rows, columns, bits stored, taps, gradient classes, intensity classes
 _HEAD = struct.Struct("<3sBBIIBBBB")
 _TAIL = struct.Struct("<II")  # CRC-32 of the pixels (little-endian words), coded length
+_PACKING = struct.Struct("<III")  # lowest value, span of the bitmap, length of its deflated form
 _NO_THRESHOLD = 0xFFFFFFFF
 # Below this many pixels the tables (about 300 bytes) cost more than they save.
 _MIN_PIXELS_FOR_TABLES = 4096
@@ -71,13 +74,30 @@ class PredCodec:
     def encode(self, frame: npt.NDArray[np.unsignedinteger], spec: PixelSpec) -> bytes:
         require_coding_spec(frame, spec, self.capabilities)
         image = np.ascontiguousarray(frame, dtype=np.int32)
-        tables = image.size >= _MIN_PIXELS_FOR_TABLES
-        weights, thresholds = fit_predictor(image) if tables else default_predictor()
-        flags = FLAG_TABLES if tables else 0
+        crc = _pixel_crc(image)
+        maxval = (1 << spec.bits_stored) - 1
+        packing = b""
+        used = np.bincount(image.ravel(), minlength=maxval + 1) > 0
+        present = np.flatnonzero(used)
+        low, span = int(present[0]), int(present[-1] - present[0]) + 1
+        # Sparse histograms (windowed 8-bit data, values on a grid, few levels) code better as
+        # ranks: the prediction no longer spends probability on values that never occur.
+        if 2 * len(present) <= span:
+            bitmap = zlib.compress(np.packbits(used[low:low + span]).tobytes(), 9)
+            packing = _PACKING.pack(low, span, len(bitmap)) + bitmap
+            image = (np.cumsum(used, dtype=np.int32) - 1)[image]
+            maxval = len(present) - 1
+        weights, thresholds = default_predictor()
+        tables = False
+        if image.size >= _MIN_PIXELS_FOR_TABLES:
+            fitted = fit_predictor(image)
+            if fitted is not None:
+                weights, thresholds = fitted
+                tables = True
+        flags = (FLAG_TABLES if tables else 0) | (FLAG_PACKED if packing else 0)
         model = self.model
         if model is not None:
             flags |= FLAG_MODEL
-        maxval = (1 << spec.bits_stored) - 1
         capacity = 4 * image.size + 1024
         for attempt in range(2):
             buf = np.zeros(capacity, dtype=np.uint8)
@@ -95,7 +115,8 @@ class PredCodec:
         if tables:
             parts.append(np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes())
             parts.append(weights.astype("<i2").tobytes())
-        parts.append(_TAIL.pack(_pixel_crc(image), length))
+        parts.append(packing)
+        parts.append(_TAIL.pack(crc, length))
         parts.append(buf[:length].tobytes())
         return b"".join(parts)
 
@@ -113,7 +134,7 @@ class PredCodec:
         if (rows, columns, bits) != (spec.rows, spec.columns, spec.bits_stored):
             raise CorruptBitstream(f"pred payload is {rows}x{columns} at {bits} bits, expected "
                                    f"{spec.rows}x{spec.columns} at {spec.bits_stored}")
-        if (taps, gcls, icls) != (k.N_LS, k.N_GCLS, k.N_ICLS) or flags & ~(FLAG_TABLES | FLAG_MODEL):
+        if (taps, gcls, icls) != (k.N_LS, k.N_GCLS, k.N_ICLS) or flags & ~_FLAGS:
             raise CorruptBitstream("pred payload declares a predictor layout this version does not have")
         at = _HEAD.size
         model = None
@@ -135,6 +156,12 @@ class PredCodec:
             at = end
         else:
             weights, thresholds = default_predictor()
+        maxval = (1 << bits) - 1
+        values = None
+        if flags & FLAG_PACKED:
+            values = _read_packing(view, at, maxval)
+            at += _PACKING.size + _PACKING.unpack_from(view, at)[2]
+            maxval = len(values) - 1
         if len(view) < at + _TAIL.size:
             raise CorruptBitstream("pred payload is truncated before its coded data")
         crc, length = _TAIL.unpack_from(view, at)
@@ -143,12 +170,37 @@ class PredCodec:
             raise CorruptBitstream(f"pred payload holds {len(view) - at} coded bytes, its header says {length}")
         buf = np.frombuffer(view[at:], dtype=np.uint8).copy()
         image = np.zeros((rows, columns), dtype=np.int32)
-        status, _ = _run(image, False, (1 << bits) - 1, weights, thresholds, model, buf, length)
+        status, _ = _run(image, False, maxval, weights, thresholds, model, buf, length)
         if status != k.STATUS_OK:
             raise CorruptBitstream("pred coded data decodes to values outside the stored range")
+        if values is not None:
+            image = values[image]
         if _pixel_crc(image) != crc:
             raise CorruptBitstream("pred pixel checksum does not match: the payload is corrupt")
         return image.astype(spec.unsigned_dtype)
+
+
+def _read_packing(view: memoryview, at: int, maxval: int) -> npt.NDArray[np.int32]:
+    """The values a packed frame uses, in increasing order."""
+    if len(view) < at + _PACKING.size:
+        raise CorruptBitstream("pred payload is truncated in its value set")
+    low, span, length = _PACKING.unpack_from(view, at)
+    at += _PACKING.size
+    if span < 1 or low + span - 1 > maxval or len(view) < at + length:
+        raise CorruptBitstream("pred payload has an inconsistent value set")
+    try:
+        # At most the bitmap's own size: a corrupt stream cannot inflate without bound.
+        inflater = zlib.decompressobj()
+        packed = inflater.decompress(bytes(view[at:at + length]), (span + 7) // 8)
+    except zlib.error as exc:
+        raise CorruptBitstream(f"pred value set does not inflate: {exc}") from exc
+    if len(packed) != (span + 7) // 8:
+        raise CorruptBitstream("pred value set has the wrong size")
+    used = np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[:span].astype(bool)
+    values = (np.flatnonzero(used) + low).astype(np.int32)
+    if len(values) == 0:
+        raise CorruptBitstream("pred value set is empty")
+    return values
 
 
 def _pixel_crc(image: npt.NDArray[np.int32]) -> int:
@@ -182,8 +234,9 @@ def default_predictor() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     return weights, thresholds
 
 
-def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Least-squares weights per class, and the class thresholds, fitted to `image`.
+def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+    """Least-squares weights per class, and the class thresholds, fitted to `image`; None
+    where there is too little texture to fit (the fixed predictor then costs no table).
 
     Classes split the pixels at the quartiles of the kernel's local gradient and at the median
     of N. Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
@@ -193,7 +246,7 @@ def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], 
     weights, thresholds = default_predictor()
     rows, cols = image.shape
     if rows < 4 or cols < 7:
-        return weights, thresholds
+        return None
     flat = image.astype(np.int64).ravel()
     ys, xs = np.mgrid[3:rows, 3:cols - 3]
     at = (ys * cols + xs).ravel()  # the interior, where every tap is inside the image
@@ -206,7 +259,7 @@ def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], 
     grad = np.abs(n - nw) + np.abs(w - nw) + np.abs(ne - n) + np.abs(w - ww) + np.abs(n - nn)
     keep = grad > 0
     if int(keep.sum()) < 8 * k.N_LS:
-        return weights, thresholds
+        return None
     gthr = np.maximum.accumulate(np.floor(np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])))
     ithr = np.maximum.accumulate(np.floor(np.quantile(n[keep], [(i + 1) / k.N_ICLS for i in range(k.N_ICLS - 1)])))
     thresholds = np.concatenate([gthr, ithr]).astype(np.int64)
