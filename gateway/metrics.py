@@ -304,6 +304,10 @@ class Metrics:
         started = time.perf_counter()
         try:
             yield outcome
+        except Exception:
+            # Handlers map their errors to a status; one that escapes is a failure all the same.
+            outcome.category = "failure"
+            raise
         finally:
             self.dimse_duration.labels(service, outcome.category).observe(time.perf_counter() - started)
             self.dimse_requests.labels(service, outcome.category).inc()
