@@ -20,10 +20,13 @@ ENV PATH=/opt/pacs-gateway/.venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PACSGW_BUILD_COMMIT=${PACSGW_BUILD_COMMIT} \
-    PACSGW_DATA_DIR=/var/lib/pacs-gateway
+    PACSGW_DATA_DIR=/var/lib/pacs-gateway \
+    NUMBA_CACHE_DIR=/var/cache/pacs-gateway/numba
+# numba caches compiled codec kernels next to their sources unless told otherwise, and the
+# installed sources are not writable by the service user.
 RUN groupadd --system --gid 10001 pacsgw \
     && useradd --system --uid 10001 --gid pacsgw --home-dir /var/lib/pacs-gateway --shell /usr/sbin/nologin pacsgw \
-    && install -d -o pacsgw -g pacsgw -m 0750 /var/lib/pacs-gateway
+    && install -d -o pacsgw -g pacsgw -m 0750 /var/lib/pacs-gateway /var/cache/pacs-gateway
 COPY --from=build /opt/pacs-gateway/.venv /opt/pacs-gateway/.venv
 USER pacsgw
 WORKDIR /var/lib/pacs-gateway

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -136,3 +137,28 @@ def test_dockerfile_health_check_passes_on_a_running_gateway_and_fails_without_o
     gateway.http.stop()
     down = subprocess.run(run, env=env, capture_output=True, text=True, timeout=30)
     assert down.returncode != 0, shlex.join(run)
+
+
+def test_the_installed_package_carries_its_migrations_and_runs_outside_the_source_tree(tmp_path: Path) -> None:
+    """What the image's `pip install .` puts in site-packages is enough to create the schema."""
+    wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    pip = [str(Path(sys.executable)), "-m", "pip", "--disable-pip-version-check"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO_ROOT)],
+                           capture_output=True, text=True, timeout=300, cwd=work)
+    assert built.returncode == 0, built.stderr
+    wheel = next(wheels.glob("pacs_gateway-*.whl"))
+    installed = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+                               capture_output=True, text=True, timeout=300, cwd=work)
+    assert installed.returncode == 0, installed.stderr
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PACSGW_")}, "PYTHONPATH": str(site),
+           "PACSGW_DATA_DIR": str(work / "data")}
+    script = ("import sys, gateway, storage.db; from gateway.cli import main; "
+              "assert gateway.__file__.startswith(sys.argv[1]), gateway.__file__; "
+              "sys.exit(main(['db', 'upgrade']))")
+    upgraded = subprocess.run([sys.executable, "-c", script, str(site)], capture_output=True, text=True,
+                              timeout=120, cwd=work, env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    head = sorted(p.name for p in (REPO_ROOT / "migrations" / "versions").glob("[0-9]*.py"))[-1].split("_")[0]
+    assert f"database at {head} (head {head})" in upgraded.stdout
