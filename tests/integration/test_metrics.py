@@ -24,6 +24,7 @@ from tests.ops.helpers import (
     get_study,
     readme_metric_table,
     scrape,
+    scrape_until,
     sendable,
     series_files,
     study_uid,
@@ -73,7 +74,7 @@ def test_metrics_after_real_traffic_match_the_readme_and_what_was_sent(
     sop_classes = {str(dcmread(f.path, stop_before_pixels=True).SOPClassUID) for f in ct}
     assert get_study(port, ct_study, sop_classes) == (0x0000, 4)
 
-    before = scrape(http)
+    before = scrape_until(http, "pacsgw_associations_total", 4, result="released")
     documented = readme_metric_table()
 
     # Every metric of the README table is exposed, with its type and, where it has samples, its labels.

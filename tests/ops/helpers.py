@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,16 @@ def value(families: dict[str, Metric], sample_name: str, **labels: str) -> float
         s.value for s in family.samples
         if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def scrape_until(http_port: int, sample_name: str, expected: float, timeout: float = 10, **labels: str) -> dict[str, Metric]:
+    """Scrape until the sample reaches `expected`: the server handles a release after the SCU returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        families = scrape(http_port)
+        if value(families, sample_name, **labels) == expected or time.monotonic() > deadline:
+            return families
+        time.sleep(0.05)
 
 
 def echo(port: int, calling_aet: str = "TESTSCU") -> int:
