@@ -54,10 +54,11 @@ class TextFormatter(logging.Formatter):
 
 
 class DemoteDatasetWarnings(logging.Filter):
-    """pydicom's warnings quote element values (a patient's name among them): DEBUG lines only.
+    """pydicom's log records and warnings quote element values (a patient's name among them):
+    DEBUG lines only.
 
-    They describe the sender's data, not a fault of the gateway, and reach us both through
-    pydicom's logger and through the warnings module.
+    They describe the sender's data, not a fault of the gateway (which reports its own errors
+    without the values), and reach us both through pydicom's logger and the warnings module.
     """
 
     def __init__(self, debug: bool) -> None:

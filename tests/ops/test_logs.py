@@ -4,17 +4,20 @@ line, association and instance lines with their fields, and no patient name or I
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
 
+from gateway import logs
 from tests.conftest import CorpusFile
 from tests.integration.conftest import send_files
 from tests.ops.helpers import find_studies, get_study, sendable, study_uid
@@ -145,3 +148,31 @@ def test_served_corpus_leaves_no_patient_name_or_id_in_logs_at_info_or_above(
     debug_uids = {r.get("sop_instance_uid") for r in by_event["c-store instance"] if r["level"] == "debug"}
     assert uids <= debug_uids
     assert by_event["gateway stopped"]
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_pydicom_warnings_quoting_values_are_debug_lines_only(
+    level: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    pynetdicom_level = logging.getLogger("pynetdicom").level
+    try:
+        logs.configure(level, "json")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("Invalid value for VR PN: 'Doe^John'", UserWarning, stacklevel=1)
+        logging.getLogger("pydicom").warning("Invalid value for VR LO: 'PAT-4711'")
+        logging.getLogger("gateway.test").info("instance stored", extra={"fields": {"status": "0x0000"}})
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = handlers
+        root.setLevel(root_level)
+        logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert records[-1]["event"] == "instance stored" and records[-1]["level"] == "info"
+    quoting = [r for r in records if "Doe^John" in r["event"] or "PAT-4711" in r["event"]]
+    if level == "INFO":
+        assert quoting == []
+    else:
+        assert len(quoting) == 2 and {r["level"] for r in quoting} == {"debug"}
