@@ -10,6 +10,7 @@ mask finding timed separately).
 
     .venv/bin/python bench/roi.py                     # ../shared/corpus/manifest.json
     .venv/bin/python bench/roi.py --bounds 2 --frames 1 --out bench/results
+    .venv/bin/python bench/roi.py --by-series         # one row per series or file
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main() -> int:
     parser.add_argument("--bounds", type=int, nargs="+", default=[1, 2, 4], help="max errors outside the ROI")
     parser.add_argument("--frames", type=int, default=2, help="frames per multi-frame object (spread over it)")
     parser.add_argument("--out", type=Path, default=None, help="folder for roi.md and roi.json")
+    parser.add_argument("--by-series", action="store_true", help="one row per series or file, not per group")
     args = parser.parse_args()
     tallies: dict[tuple[str, int], Tally] = defaultdict(Tally)
     for group, entry, spec, frame, slope, intercept in frames(args.frames):
@@ -98,7 +100,7 @@ def main() -> int:
             figures = measure(frame, decoded, mask, spec, len(blob))
             if figures.max_error_inside or figures.max_error_outside > bound:
                 raise SystemExit(f"{entry['path']}: bound broken ({figures})")
-            tally = tallies[(group, bound)]
+            tally = tallies[(entry["series"] or entry["path"] if args.by_series else group, bound)]
             error = (stored_values(decoded, spec) - stored_values(frame, spec)).astype(np.float64)
             spread = mask if spec.samples_per_pixel == 1 else np.repeat(mask[:, :, None], spec.samples_per_pixel, 2)
             tally.frames += 1

@@ -6,7 +6,7 @@ against it, and `figures` measures the result. All are pure functions on numpy a
 """
 
 from .codec import LOSSY_METHOD, Layout, RoiHeader, decode, encode, read_header, stored_values
-from .figures import RoiFigures, measure
+from .figures import RoiFigures, lossy_attributes, measure
 from .geometry import ImagePlane, contours_mask, rescale_of, rtstruct_contours, seg_frames_for_image, seg_frames_mask
 from .masks import (
     DEFAULT_MARGIN,
@@ -40,6 +40,7 @@ __all__ = [
     "dilate",
     "display_grey",
     "encode",
+    "lossy_attributes",
     "measure",
     "mr_foreground_mask",
     "overlay_mask",

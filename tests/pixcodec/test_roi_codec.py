@@ -12,7 +12,18 @@ import numpy.typing as npt
 import pytest
 
 from pixcodec import CorruptBitstream, PixelSpec, UnsupportedPixelSpec
-from pixcodec.roi import Layout, automatic_mask, decode, encode, measure, read_header, rescale_of, stored_values
+from pixcodec.roi import (
+    LOSSY_METHOD,
+    Layout,
+    automatic_mask,
+    decode,
+    encode,
+    lossy_attributes,
+    measure,
+    read_header,
+    rescale_of,
+    stored_values,
+)
 
 from .corpus_frames import manifest, raw_frames, read_dataset, spec_of
 from .helpers import clean_frame, junk_frame, make_spec, smooth_frame
@@ -46,8 +57,8 @@ def corpus_case(path: str) -> tuple[PixelSpec, list[tuple[npt.NDArray[np.integer
 
 
 def check_round_trip(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: npt.NDArray[np.bool_],
-                     bound: int) -> bytes:
-    blob = encode(frame, spec, mask, bound)
+                     bound: int, layouts: list[Layout] | None = None) -> tuple[bytes, npt.NDArray[np.integer]]:
+    blob = encode(frame, spec, mask, bound, layouts=layouts)
     decoded, stored_mask = decode(blob)
     assert decoded.dtype == frame.dtype and decoded.shape == frame.shape
     assert np.array_equal(stored_mask, mask)
@@ -55,7 +66,7 @@ def check_round_trip(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: npt.
     assert np.array_equal(decoded[spread], frame[spread]), "not bit-exact inside the ROI"
     error = np.abs(stored_values(decoded, spec) - stored_values(frame, spec))
     assert int(error.max()) <= bound, f"error {int(error.max())} beyond {bound}"
-    return blob
+    return blob, decoded
 
 
 @pytest.mark.parametrize("path", [entry["path"] for entry in _entries()])
@@ -64,11 +75,11 @@ def test_corpus_frame_exact_inside_bounded_outside(path: str) -> None:
     for frame, mask in cases:
         lossless = len(encode(frame, spec, mask, 0))
         for bound in BOUNDS:
-            blob = check_round_trip(frame, spec, mask, bound)
+            blob, decoded = check_round_trip(frame, spec, mask, bound)
             # The lossless layout is always a candidate, so ROI-hybrid never costs more than it
             # (beyond the stored mask, a few hundred bytes at most).
             assert len(blob) <= lossless + 1024
-            figures = measure(frame, decode(blob)[0], mask, spec, len(blob))
+            figures = measure(frame, decoded, mask, spec, len(blob))
             assert figures.max_error_inside == 0
             assert figures.max_error_outside <= bound
             assert figures.psnr_db >= figures.psnr_outside_db or math.isinf(figures.psnr_db)
@@ -85,6 +96,25 @@ def test_ct_slice_saves_against_lossless() -> None:
     assert sizes == sorted(sizes, reverse=True)
 
 
+def test_figures_and_lossy_attributes() -> None:
+    spec, cases = corpus_case("ct/pancreas_ct_philips_series/slice_001.dcm")
+    frame, mask = cases[0]
+    blob, decoded = check_round_trip(frame, spec, mask, 2)
+    figures = measure(frame, decoded, mask, spec, len(blob))
+    assert figures.roi_fraction == pytest.approx(mask.mean())
+    assert figures.max_error_inside == 0 and figures.max_error_outside == 2 and not figures.lossless
+    assert math.isfinite(figures.psnr_outside_db) and figures.psnr_db > figures.psnr_outside_db > 60
+    assert figures.ratio == pytest.approx(spec.frame_nbytes / len(blob))
+    assert measure(frame, frame, mask, spec, len(blob)).lossless
+    attributes = lossy_attributes(figures.ratio)
+    assert attributes["LossyImageCompression"] == "01"
+    assert attributes["LossyImageCompressionMethod"] == LOSSY_METHOD == "ISO_14495_1"
+    assert float(attributes["LossyImageCompressionRatio"]) == pytest.approx(figures.ratio, rel=1e-5)
+    assert len(attributes["LossyImageCompressionRatio"]) <= 16
+    with pytest.raises(ValueError):
+        lossy_attributes(0.0)
+
+
 def test_header_labels_the_blob() -> None:
     spec, cases = corpus_case("ct/cptac_lscc_chest_siemens_series/slice_010.dcm")
     frame, mask = cases[0]
@@ -99,9 +129,8 @@ def test_each_layout_round_trips(layout: Layout) -> None:
     spec, cases = corpus_case("ct/barre_ct_brain_signed.dcm")
     frame, mask = cases[0]
     for bound in BOUNDS:
-        blob = encode(frame, spec, mask, bound, layouts=[layout])
-        assert read_header(blob).layout in (layout, Layout.LOSSLESS)
-        check_round_trip(frame, spec, mask, bound)
+        blob, _ = check_round_trip(frame, spec, mask, bound, [layout])
+        assert read_header(blob).layout is layout
 
 
 DEGENERATE_SPECS = [
@@ -142,8 +171,7 @@ def test_bits_above_bits_stored_stay_exact() -> None:
         frame = junk_frame(spec, rng)
         mask = np.zeros((spec.rows, spec.columns), dtype=bool)
         mask[10:20, 10:30] = True
-        blob = check_round_trip(frame, spec, mask, 4)
-        decoded, _ = decode(blob)
+        blob, decoded = check_round_trip(frame, spec, mask, 4)
         above = np.uint16(0xF000)
         assert np.array_equal(decoded.view(np.uint16) & above, frame.view(np.uint16) & above)
         assert read_header(blob).high_length > 0
