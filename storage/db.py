@@ -194,26 +194,24 @@ def statement_kind(statement: str) -> str:
 def observe_statements(engine: Engine, on_statement: StatementObserver, on_error: ErrorObserver) -> None:
     """Report each statement's latency and each failure (outage or not) to the two callbacks."""
 
+    # The start time rides on the statement's own execution context, so a statement that fails
+    # leaves nothing behind.
     @event.listens_for(engine, "before_cursor_execute")
-    def _before(conn: Connection, _cursor: Any, _statement: str, _params: Any, _context: Any,
+    def _before(_conn: Connection, _cursor: Any, _statement: str, _params: Any, context: Any,
                 _executemany: bool) -> None:
-        conn.info.setdefault(_STARTED, []).append(time.perf_counter())
+        if context is not None:
+            setattr(context, _STARTED, time.perf_counter())
 
     @event.listens_for(engine, "after_cursor_execute")
-    def _after(conn: Connection, _cursor: Any, statement: str, _params: Any, _context: Any,
+    def _after(_conn: Connection, _cursor: Any, statement: str, _params: Any, context: Any,
                _executemany: bool) -> None:
-        started = conn.info.get(_STARTED)
-        if started:
-            on_statement(statement_kind(statement), time.perf_counter() - started.pop())
+        started = getattr(context, _STARTED, None)
+        if started is not None:
+            on_statement(statement_kind(statement), time.perf_counter() - started)
 
     @event.listens_for(engine, "handle_error")
     def _error(context: sa.engine.ExceptionContext) -> None:
         if context.is_pre_ping:
             return  # the pool replaces the dead connection; an outage shows in what follows
-        connection = context.connection
-        if connection is not None:
-            started = connection.info.get(_STARTED)
-            if started:
-                started.pop()
         error = context.sqlalchemy_exception or context.original_exception
         on_error("unavailable" if error is not None and is_unavailable(error) else "error")
