@@ -140,11 +140,20 @@ def test_dockerfile_health_check_passes_on_a_running_gateway_and_fails_without_o
 
 
 def test_the_installed_package_carries_its_migrations_and_runs_outside_the_source_tree(tmp_path: Path) -> None:
-    """What the image's `pip install .` puts in site-packages is enough to create the schema."""
-    wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    """Built from what .dockerignore lets into the image's build context, the package that
+    `pip install .` puts in site-packages is enough to create the schema."""
+    context, wheels, site, work = (tmp_path / name for name in ("context", "wheels", "site", "work"))
+    context.mkdir()
     work.mkdir()
+    kept = [line[1:].rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().split() if line.startswith("!")]
+    for name in kept:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, context / name)
     pip = [str(Path(sys.executable)), "-m", "pip", "--disable-pip-version-check"]
-    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO_ROOT)],
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(context)],
                            capture_output=True, text=True, timeout=300, cwd=work)
     assert built.returncode == 0, built.stderr
     wheel = next(wheels.glob("pacs_gateway-*.whl"))
