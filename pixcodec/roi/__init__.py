@@ -6,7 +6,7 @@ against it, and `figures` measures the result. All are pure functions on numpy a
 """
 
 from .codec import LOSSY_METHOD, Layout, RoiHeader, decode, encode, read_header, stored_values
-from .figures import RoiFigures, lossy_attributes, measure
+from .figures import RoiFigures, combine, lossy_attributes, measure
 from .geometry import ImagePlane, contours_mask, rescale_of, rtstruct_contours, seg_frames_for_image, seg_frames_mask
 from .masks import (
     DEFAULT_MARGIN,
@@ -34,6 +34,7 @@ __all__ = [
     "automatic_mask",
     "burned_in_text_mask",
     "collimated_field_mask",
+    "combine",
     "contours_mask",
     "ct_body_mask",
     "decode",

@@ -16,6 +16,7 @@ from pixcodec.roi import (
     LOSSY_METHOD,
     Layout,
     automatic_mask,
+    combine,
     decode,
     encode,
     lossy_attributes,
@@ -106,6 +107,14 @@ def test_figures_and_lossy_attributes() -> None:
     assert math.isfinite(figures.psnr_outside_db) and figures.psnr_db > figures.psnr_outside_db > 60
     assert figures.ratio == pytest.approx(spec.frame_nbytes / len(blob))
     assert measure(frame, frame, mask, spec, len(blob)).lossless
+    exact = measure(frame, frame, mask, spec, 1000)
+    both = combine([figures, exact], spec)
+    assert both.frames == 2 and both.compressed_bytes == len(blob) + 1000
+    assert both.ratio == pytest.approx(2 * spec.frame_nbytes / (len(blob) + 1000))
+    assert both.psnr_db == pytest.approx(figures.psnr_db + 10 * math.log10(2))
+    assert both.max_error_outside == 2 and both.roi_fraction == pytest.approx(figures.roi_fraction)
+    with pytest.raises(ValueError):
+        combine([], spec)
     attributes = lossy_attributes(figures.ratio)
     assert attributes["LossyImageCompression"] == "01"
     assert attributes["LossyImageCompressionMethod"] == LOSSY_METHOD == "ISO_14495_1"
