@@ -1,6 +1,6 @@
 """ROI-hybrid benchmark: per modality group, what the automatic ROI costs and saves, in one run.
 
-For every CT, MR, CR/DX/MG and US frame of the corpus (up to --frames per multi-frame object) it
+For every CT, MR, CR/DX/MG, US and XA/RF frame of the corpus (up to --frames per multi-frame object) it
 finds the automatic mask, codes the frame ROI-hybrid at each bound, and in the same run codes it
 with lossless JPEG-LS and with whole-image JPEG-LS near-lossless at the same bound. It checks
 every ROI-hybrid blob (exact inside, within the bound outside) and prints per group and bound:
@@ -39,7 +39,8 @@ from pixcodec import PixelSpec  # noqa: E402
 from pixcodec.roi import automatic_mask, decode, encode, measure, read_header, rescale_of, stored_values  # noqa: E402
 from pixcodec.roi.codec import _jls_encode, _split  # noqa: E402
 
-GROUPS = {"CT": "CT", "MR": "MR", "CR": "CR/DX/MG", "DX": "CR/DX/MG", "MG": "CR/DX/MG", "US": "US"}
+GROUPS = {"CT": "CT", "MR": "MR", "CR": "CR/DX/MG", "DX": "CR/DX/MG", "MG": "CR/DX/MG", "US": "US", "XA": "XA/RF",
+          "RF": "XA/RF"}
 
 
 @dataclass

@@ -169,7 +169,7 @@ def mr_foreground_mask(pixels: Pixels, *, margin: int = DEFAULT_MARGIN, fraction
 
 def collimated_field_mask(pixels: Pixels, *, photometric: str = "MONOCHROME2", margin: int = DEFAULT_MARGIN,
                           flat_fraction: float = 0.1, extreme_fraction: float = 0.05) -> Mask:
-    """The exposed field of a projection radiograph (CR, DX, MG), collimator shadows left out.
+    """The exposed field of a projection radiograph (CR, DX, MG, XA, RF), collimator shadows left out.
 
     Collimator shadows and the unattenuated background are flat (their local gradient is far
     below anatomy's) and at an end of the intensity range (within `extreme_fraction` of the
@@ -391,8 +391,9 @@ def _paste(target: Mask, plane: Mask, top: int, left: int) -> None:
                                                              source_left:source_left + width]
 
 
-# Modalities whose frames are projection radiographs, found by their collimated field.
-_PROJECTION = frozenset({"CR", "DX", "MG", "IO", "PX", "RG"})
+# Modalities whose frames are projection radiographs, found by their collimated field (the
+# round or octagonal field of view of angiography and fluoroscopy is found the same way).
+_PROJECTION = frozenset({"CR", "DX", "MG", "IO", "PX", "RG", "XA", "RF"})
 # Modalities whose devices burn text and graphics into the pixels.
 _ANNOTATED = frozenset({"US", "XA", "RF", "ES", "XC", "OT", "SC"})
 

@@ -1,5 +1,5 @@
 """ROI-hybrid codec on the real corpus: exact inside the mask, within the bound outside, for every
-CT, MR, CR/DX and US object; degenerate frames; damaged blobs."""
+CT, MR, CR/DX/MG, US and XA/RF object; degenerate frames; damaged blobs."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .corpus_frames import manifest, raw_frames, read_dataset, spec_of
 from .helpers import clean_frame, junk_frame, make_spec, smooth_frame
 
 BOUNDS = (1, 2, 4)
-MODALITIES = ("CT", "MR", "CR", "DX", "US")
+MODALITIES = ("CT", "MR", "CR", "DX", "MG", "US", "XA", "RF")
 
 
 def _entries() -> list[dict[str, Any]]:

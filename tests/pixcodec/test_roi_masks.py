@@ -79,7 +79,7 @@ def test_mr_foreground_is_plausible(path: str) -> None:
         assert mask[bright].mean() >= 0.98
 
 
-@pytest.mark.parametrize("path", _paths("CR", "DX", "MG"))
+@pytest.mark.parametrize("path", _paths("CR", "DX", "MG", "XA", "RF"))
 def test_collimated_field_is_plausible(path: str) -> None:
     entry = _entry(path)
     frame = next(raw_frames(entry, limit=1))
