@@ -3,7 +3,11 @@
 One function codes in both directions: the encoder and the decoder run the same statements on
 the same causal state, so they cannot drift apart. Every value on the probability path is an
 integer; nothing depends on the platform's floating point.
+
+mypy does not check this module: numba types it, and its scalar arithmetic mixes numpy and
+Python integers in ways numpy's stubs reject. codec.py calls it through a typed wrapper.
 """
+# mypy: ignore-errors
 
 from __future__ import annotations
 
@@ -39,8 +43,15 @@ N_BIAS = 8 * 16  # bias-cancellation contexts: activity octave x texture pattern
 _P_ZERO = 0
 _P_SIGN = 1
 _P_BUCKET = _P_SIGN + 9
-_P_MANT = _P_BUCKET + N_BUCKETS
+_P_DOWN = _P_BUCKET + N_BUCKETS
+_P_MANT = _P_DOWN + N_BUCKETS
 N_SLOTS = _P_MANT + 3 * N_BUCKETS
+# Stages of the binary decisions of one pixel.
+S_TWO1, S_TWO2, S_PRED, S_ZERO, S_SIGN, S_START, S_UP, S_DOWN, S_M1, S_M2, S_RAW, S_DONE = range(12)
+
+# The ladder starts at the magnitude class the activity class makes likely, and walks up or
+# down from there: about two decisions per pixel instead of one per class.
+_START_OFFSET = 6
 
 STATUS_OK = 0
 STATUS_OVERFLOW = 1  # encoder: the output buffer is full
@@ -61,16 +72,33 @@ _RATE_SLOW = 8
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _bitlength(v: int) -> int:
-    n = 0
-    while v > 0:
-        v >>= 1
+def _bitlength(v):
+    """Bits needed for v >= 0 (0 for 0), by halving: a handful of steps, not one per bit."""
+    if v <= 0:
+        return 0
+    n = 1
+    if v >= 1 << 32:
+        v >>= 32
+        n += 32
+    if v >= 1 << 16:
+        v >>= 16
+        n += 16
+    if v >= 1 << 8:
+        v >>= 8
+        n += 8
+    if v >= 1 << 4:
+        v >>= 4
+        n += 4
+    if v >= 1 << 2:
+        v >>= 2
+        n += 2
+    if v >= 1 << 1:
         n += 1
     return n
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _log4(v: int) -> int:
+def _log4(v):
     """log2(v) in quarter octaves: 4 x bit length plus the two bits below the leading one."""
     q = _bitlength(v)
     if q >= 3:
@@ -78,84 +106,8 @@ def _log4(v: int) -> int:
     return 4 * q + ((v << (3 - q)) & 3) if q > 0 else 0
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _shift_low(low, cache, csize, pos, buf, end):  # type: ignore[no-untyped-def]
-    """LZMA's carry-propagating byte output. Past `end` nothing is written but `pos` still
-    counts, so the caller sees the overflow."""
-    if low < 0xFF000000 or low > _MASK32:
-        carry = low >> 32
-        temp = cache
-        while True:
-            if pos < end:
-                buf[pos] = (temp + carry) & 0xFF
-            pos += 1
-            temp = 0xFF
-            csize -= 1
-            if csize == 0:
-                break
-        cache = (low >> 24) & 0xFF
-    csize += 1
-    low = (low & 0x00FFFFFF) << 8
-    return low, cache, csize, pos
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _code_bit(s, buf, end, encode, bit, p1):  # type: ignore[no-untyped-def]
-    """Code `bit` (encoder) or read the next bit (decoder) with P(1) = p1 / 2**16.
-
-    The coder state travels as a tuple (low, range, cache, cache size, position, code) so that
-    it stays in registers; returns the new state and the bit.
-    """
-    low, rng, cache, csize, pos, code = s
-    bound = (rng >> 16) * p1
-    if encode:
-        if bit:
-            rng = bound
-        else:
-            low += bound
-            rng -= bound
-    else:
-        if code < bound:
-            rng = bound
-            bit = 1
-        else:
-            code -= bound
-            rng -= bound
-            bit = 0
-    while rng < _TOP:
-        rng = (rng << 8) & _MASK32
-        if encode:
-            low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf, end)
-        else:
-            b = np.int64(buf[pos]) if pos < end else np.int64(0)
-            pos += 1
-            code = ((code << 8) | b) & _MASK32
-    return (low, rng, cache, csize, pos, code), bit
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def _model_bit(s, buf, end, encode, bit, prob, row, slot):  # type: ignore[no-untyped-def]
-    """Code a bit with an adaptive probability: the mean of a fast and a slow estimate, both
-    learning faster over their first observations."""
-    pf = prob[0, row, slot]
-    ps = prob[1, row, slot]
-    p1 = (pf + ps) >> (1 + _EST_SHIFT)
-    if p1 < _PROB_MIN:
-        p1 = _PROB_MIN
-    elif p1 > _PROB_MAX:
-        p1 = _PROB_MAX
-    s, bit = _code_bit(s, buf, end, encode, bit, p1)
-    c = prob[2, row, slot]
-    target = _EST_ONE if bit else 0
-    prob[0, row, slot] = pf + ((target - pf) >> (c + 1 if c < _RATE_FAST else _RATE_FAST))
-    prob[1, row, slot] = ps + ((target - ps) >> (c + 1 if c < _RATE_SLOW else _RATE_SLOW))
-    if c < _RATE_SLOW:
-        prob[2, row, slot] = c + 1
-    return s, bit
-
-
-@nb.njit(cache=True, nogil=True)
-def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump):  # type: ignore[no-untyped-def]
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump):
     """Encode `img` into `buf` (encode=True) or decode `buf[:in_len]` into `img`.
 
     `img` is int32 (rows, columns). A `dump` of rows x columns rows receives each pixel's
@@ -167,19 +119,27 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     dumping = dump.shape[0] == rows * cols
     feats = np.zeros(N_FEATURES, dtype=np.int64)
 
+    # The range coder (LZMA's): its state lives in these locals, and every binary decision of
+    # a pixel goes through the one coding step in the stage loop below, so that nothing of it
+    # is passed to a helper (numba would count references to the arrays on every call).
     end = np.int64(buf.shape[0]) if encode else np.int64(in_len)
+    low = np.int64(0)
+    rng = np.int64(_MASK32)
+    cache = np.int64(0)
+    csize = np.int64(1)
+    pos = np.int64(0)
     code = np.int64(0)
     if not encode:
         for i in range(5):
-            b = np.int64(buf[i]) if i < end else np.int64(0)
-            code = ((code << 8) | b) & _MASK32
-    st = (np.int64(0), np.int64(_MASK32), np.int64(0), np.int64(1), np.int64(0 if encode else 5), code)
+            byte = np.int64(buf[i]) if i < end else np.int64(0)
+            code = ((code << 8) | byte) & _MASK32
+        pos = np.int64(5)
     status = STATUS_OK
 
-    # prob[0]: fast estimate, prob[1]: slow estimate, prob[2]: observations so far (capped).
-    prob = np.zeros((3, N_CTX + N_BCTX, N_SLOTS), dtype=np.int64)
-    prob[0] = _EST_ONE >> 1
-    prob[1] = _EST_ONE >> 1
+    # Per row and slot: fast estimate, slow estimate, observations so far (capped), padding.
+    prob = np.zeros((N_CTX + N_BCTX, N_SLOTS, 4), dtype=np.int32)
+    prob[:, :, 0] = _EST_ONE >> 1
+    prob[:, :, 1] = _EST_ONE >> 1
     bias_sum = np.zeros(N_BIAS, dtype=np.int64)
     bias_cnt = np.zeros(N_BIAS, dtype=np.int64)
 
@@ -188,6 +148,14 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     res = np.zeros((2, cols + 2), dtype=np.int64)
     lerr = np.zeros((2, cols + 2), dtype=np.int64)
     maxval8 = np.int64(maxval) << 3
+    # Intensity classes by shifts, not divisions: the top bits of the coded range.
+    depth = _bitlength(maxval)
+    int_shift = max(depth - 2, 0)
+    int_shift16 = max(depth - 4, 0)
+    # Rounded reciprocals: the bias mean as a multiply, not a division per pixel.
+    recip = np.zeros(65, dtype=np.int64)
+    for i in range(1, 65):
+        recip[i] = ((1 << 16) + (i >> 1)) // i
 
     for y in range(rows):
         cur = y & 1
@@ -221,143 +189,288 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                 elif v != other:
                     two = False
                     break
-            if two:
-                brow = N_CTX + pattern + (32 if other != w else 0)
-                st, hit = _model_bit(st, buf, end, encode, 1 if value == w else 0, prob, brow, 0)
-                if hit:
-                    value = w
-                elif other != w:
-                    st, hit = _model_bit(st, buf, end, encode, 1 if value == other else 0, prob, brow, 1)
-                    if hit:
-                        value = other
-                two = hit == 1  # otherwise escape: the regular mode codes the pixel
-                if two:
-                    if not encode:
-                        img[y, x] = value
-                    res[cur, xi] = (value - w) << 3
-                    lerr[cur, xi] = res[cur, xi] if value >= w else -res[cur, xi]
+            brow = N_CTX + pattern + (32 if other != w else 0)
+
+            # Regular-mode state, set in the S_PRED stage.
+            row = 0
+            sctx = 0
+            bctx = 0
+            q = 0
+            ctx = 0
+            pred = np.int64(0)
+            pred8 = np.int64(0)
+            raw8 = np.int64(0)
+            rw = np.int64(0)
+            mag = np.int64(0)
+            k = 0
+            j = 0
+            neg = 0
+            mant = np.int64(1)
+            left = 0
+            step = 0
+            hit = False
+
+            stage = S_TWO1 if two else S_PRED
+            while stage != S_DONE:
+                if stage == S_PRED:
+                    rw = res[cur, xi - 1] if x > 0 else 0
+                    rn = res[prv, xi] if y > 0 else 0
+                    rnw = res[prv, xi - 1] if (y > 0 and x > 0) else 0
+                    rne = res[prv, xi + 1] if (y > 0 and x + 1 < cols) else 0
+                    rww = res[cur, xi - 2] if x > 1 else rw
+
+                    grad = abs(n - nw) + abs(w - nw) + abs(ne - n) + abs(w - ww) + abs(n - nn)
+                    cls = 0
+                    while cls < N_GCLS - 1 and grad > cls_thr[cls]:
+                        cls += 1
+                    ic = 0
+                    while ic < N_ICLS - 1 and n > cls_thr[N_GCLS - 1 + ic]:
+                        ic += 1
+                    cls += N_GCLS * ic
+
+                    acc = np.int64(0)
+                    if y >= 3 and x >= 3 and x + 3 < cols:
+                        for i in range(N_LS):
+                            acc += ls_weights[cls, i] * (np.int64(img[y + TAP_DY[i], x + TAP_DX[i]]) - w)
+                    else:
+                        for i in range(N_LS):
+                            yy = max(y + TAP_DY[i], 0)
+                            xx = min(max(x + TAP_DX[i], 0), cols - 1)
+                            if not (yy == y and xx >= x):
+                                acc += ls_weights[cls, i] * (np.int64(img[yy, xx]) - w)
+                    pred8 = min(max((w << 3) + (acc >> (LS_SHIFT - 3)), 0), maxval8)
+                    raw8 = pred8
+                    # The predictor's own recent errors around this pixel.
+                    near = lerr[prv, xi] + lerr[cur, xi - 1] + lerr[prv, xi - 1] + lerr[prv, xi + 1] + (lerr[prv, xi] >> 1)
+
+                    # Activity: what neighbouring errors and the local gradient say about this error.
+                    act = (abs(rw) + abs(rn) + (abs(rnw) + abs(rne)) // 2) + (near >> 2) + (grad << 1)
+                    q = _bitlength(act)
+                    if hidden > 0 or dumping:
+                        feats[0] = _log4(abs(rw))
+                        feats[1] = _log4(abs(rn))
+                        feats[2] = _log4(abs(rnw))
+                        feats[3] = _log4(abs(rne))
+                        feats[4] = _log4(near)
+                        feats[5] = _log4(grad << 3)
+                        feats[6] = _log4(abs(rww))
+                        feats[7] = (pred8 >> 3) >> int_shift16
+                    if hidden == 0:
+                        ctx = 2 * q
+                        if q >= 2 and (act >> (q - 2)) & 1:
+                            ctx += 1
+                    else:
+                        out = net_b2[0]
+                        for h in range(hidden):
+                            t = net_b1[h]
+                            for i in range(N_FEATURES):
+                                t += net_w1[h, i] * feats[i]
+                            if t > 0:
+                                out += net_w2[h] * t
+                        ctx = max(out >> NET_SHIFT, 0)
+                    ctx = min(ctx, N_ACT - 1)
+                    if dumping:
+                        at = y * cols + x
+                        for i in range(N_FEATURES):
+                            dump[at, i] = feats[i]
+                        dump[at, N_FEATURES] = ctx
+                    row = ctx + N_ACT * (((pred8 + 4) >> 3) >> int_shift)
+
+                    # Bias cancellation per activity octave and texture pattern (CALIC-style).
+                    p_int = pred8 >> 3
+                    tex = (1 if n > p_int else 0) | (2 if w > p_int else 0) | (4 if nw > p_int else 0) | (8 if ne > p_int else 0)
+                    bctx = min(q >> 1, 7) * 16 + tex
+                    cnt = bias_cnt[bctx]
+                    if cnt > 0:
+                        bs = bias_sum[bctx]
+                        if bs >= 0:
+                            pred8 += ((bs + (cnt >> 1)) * recip[cnt]) >> 16
+                        else:
+                            pred8 -= ((-bs + (cnt >> 1)) * recip[cnt]) >> 16
+                    pred8 = min(max(pred8, 0), maxval8)
+                    pred = (pred8 + 4) >> 3
+
+                    sw = 0 if rw == 0 else (1 if rw > 0 else 2)
+                    sn = 0 if rn == 0 else (1 if rn > 0 else 2)
+                    sctx = _P_SIGN + sw * 3 + sn
+                    e = value - pred
+                    mag = abs(e)
+                    neg = 1 if e < 0 else 0
+                    k = _bitlength(mag - 1)
+                    # The ladder starts at the class the activity makes likely.
+                    j = min(max((ctx >> 1) - _START_OFFSET, 0), N_BUCKETS - 2)
+                    stage = S_ZERO
                     continue
 
-            rw = res[cur, xi - 1] if x > 0 else 0
-            rn = res[prv, xi] if y > 0 else 0
-            rnw = res[prv, xi - 1] if (y > 0 and x > 0) else 0
-            rne = res[prv, xi + 1] if (y > 0 and x + 1 < cols) else 0
-            rww = res[cur, xi - 2] if x > 1 else rw
+                # The decision of this stage: its probability row and slot, and (encoder) the bit.
+                modelled = True
+                r = row
+                if stage == S_TWO1:
+                    r = brow
+                    slot = 0
+                    bit = 1 if value == w else 0
+                elif stage == S_TWO2:
+                    r = brow
+                    slot = 1
+                    bit = 1 if value == other else 0
+                elif stage == S_ZERO:
+                    slot = _P_ZERO
+                    bit = 1 if mag == 0 else 0
+                elif stage == S_SIGN:
+                    slot = sctx
+                    bit = neg
+                elif stage == S_START:
+                    slot = _P_DOWN
+                    bit = 1 if k >= j else 0
+                elif stage == S_UP:
+                    slot = _P_BUCKET + j
+                    bit = 1 if k > j else 0
+                elif stage == S_DOWN:
+                    slot = _P_DOWN + j
+                    bit = 1 if k < j else 0
+                elif stage == S_M1:
+                    slot = _P_MANT + 3 * j
+                    bit = ((mag - 1) >> (j - 2)) & 1
+                elif stage == S_M2:
+                    slot = _P_MANT + 3 * j + 1 + (mant & 1)
+                    bit = ((mag - 1) >> (j - 3)) & 1
+                else:  # S_RAW: up to 8 equiprobable bits in one step
+                    modelled = False
+                    slot = 0
+                    step = min(left, 8)
+                    left -= step
+                    bit = ((mag - 1) >> left) & ((1 << step) - 1)
 
-            grad = abs(n - nw) + abs(w - nw) + abs(ne - n) + abs(w - ww) + abs(n - nn)
-            cls = 0
-            while cls < N_GCLS - 1 and grad > cls_thr[cls]:
-                cls += 1
-            ic = 0
-            while ic < N_ICLS - 1 and n > cls_thr[N_GCLS - 1 + ic]:
-                ic += 1
-            cls += N_GCLS * ic
-
-            acc = np.int64(0)
-            if y >= 3 and x >= 3 and x + 3 < cols:
-                for i in range(N_LS):
-                    acc += ls_weights[cls, i] * (np.int64(img[y + TAP_DY[i], x + TAP_DX[i]]) - w)
-            else:
-                for i in range(N_LS):
-                    yy = y + TAP_DY[i]
-                    xx = min(max(x + TAP_DX[i], 0), cols - 1)
-                    if yy < 0:
-                        yy = 0
-                    if not (yy == y and xx >= x):
-                        acc += ls_weights[cls, i] * (np.int64(img[yy, xx]) - w)
-            pred8 = (w << 3) + (acc >> (LS_SHIFT - 3))
-            pred8 = min(max(pred8, 0), maxval8)
-            raw8 = pred8
-            # The predictor's own recent errors around this pixel.
-            near = lerr[prv, xi] + lerr[cur, xi - 1] + lerr[prv, xi - 1] + lerr[prv, xi + 1] + (lerr[prv, xi] >> 1)
-
-            # Activity: what neighbouring errors and the local gradient say about this error.
-            act = (abs(rw) + abs(rn) + (abs(rnw) + abs(rne)) // 2) + (near >> 2) + (grad << 1)
-            q = _bitlength(act)
-            if hidden > 0 or dumping:
-                feats[0] = _log4(abs(rw))
-                feats[1] = _log4(abs(rn))
-                feats[2] = _log4(abs(rnw))
-                feats[3] = _log4(abs(rne))
-                feats[4] = _log4(near)
-                feats[5] = _log4(grad << 3)
-                feats[6] = _log4(abs(rww))
-                feats[7] = ((pred8 >> 3) * 16) // (maxval + 1)
-            if hidden == 0:
-                ctx = 2 * q
-                if q >= 2 and (act >> (q - 2)) & 1:
-                    ctx += 1
-            else:
-                out = net_b2[0]
-                for h in range(hidden):
-                    t = net_b1[h]
-                    for i in range(N_FEATURES):
-                        t += net_w1[h, i] * feats[i]
-                    if t > 0:
-                        out += net_w2[h] * t
-                ctx = out >> NET_SHIFT
-                if ctx < 0:
-                    ctx = 0
-            if ctx >= N_ACT:
-                ctx = N_ACT - 1
-            if dumping:
-                at = y * cols + x
-                for i in range(N_FEATURES):
-                    dump[at, i] = feats[i]
-                dump[at, N_FEATURES] = ctx
-            row = ctx + N_ACT * ((((pred8 + 4) >> 3) * N_INT) // (maxval + 1))
-
-            # Bias cancellation per activity octave and texture pattern (CALIC-style).
-            p_int = pred8 >> 3
-            tex = (1 if n > p_int else 0) | (2 if w > p_int else 0) | (4 if nw > p_int else 0) | (8 if ne > p_int else 0)
-            bctx = min(q >> 1, 7) * 16 + tex
-            cnt = bias_cnt[bctx]
-            if cnt > 0:
-                s = bias_sum[bctx]
-                if s >= 0:
-                    pred8 += (s + (cnt >> 1)) // cnt
+                # The coding step, the same statements in both directions.
+                if modelled:
+                    pf = np.int64(prob[r, slot, 0])
+                    ps = np.int64(prob[r, slot, 1])
+                    p1 = min(max((pf + ps) >> (1 + _EST_SHIFT), _PROB_MIN), _PROB_MAX)
+                    bound = (rng >> 16) * p1
+                    if not encode:
+                        bit = np.int64(code < bound)
+                        code -= (bit - 1) & bound
+                    # Branch-free: the bit is as good as random to the branch predictor.
+                    low += (bit - 1) & bound
+                    rng = bound + ((bit - 1) & (rng - 2 * bound))
+                    c = np.int64(prob[r, slot, 2])
+                    target = _EST_ONE if bit else 0
+                    prob[r, slot, 0] = pf + ((target - pf) >> (c + 1 if c < _RATE_FAST else _RATE_FAST))
+                    prob[r, slot, 1] = ps + ((target - ps) >> (c + 1 if c < _RATE_SLOW else _RATE_SLOW))
+                    if c < _RATE_SLOW:
+                        prob[r, slot, 2] = c + 1
                 else:
-                    pred8 -= (-s + (cnt >> 1)) // cnt
-            pred8 = min(max(pred8, 0), maxval8)
-            pred = (pred8 + 4) >> 3
+                    rng >>= step
+                    if encode:
+                        low += bit * rng
+                    else:
+                        bit = min(code // rng, (1 << step) - 1)  # the bound only matters when corrupt
+                        code -= bit * rng
+                while rng < _TOP:
+                    rng = (rng << 8) & _MASK32
+                    if encode:
+                        # Byte output with carry propagation; past `end` only the count goes on.
+                        if low < 0xFF000000 or low > _MASK32:
+                            carry = low >> 32
+                            temp = cache
+                            while True:
+                                if pos < end:
+                                    buf[pos] = (temp + carry) & 0xFF
+                                pos += 1
+                                temp = 0xFF
+                                csize -= 1
+                                if csize == 0:
+                                    break
+                            cache = (low >> 24) & 0xFF
+                        csize += 1
+                        low = (low & 0x00FFFFFF) << 8
+                    else:
+                        byte = np.int64(buf[pos]) if pos < end else np.int64(0)
+                        pos += 1
+                        code = ((code << 8) | byte) & _MASK32
 
-            # The residual: zero?, sign, magnitude class on a unary ladder, two modelled
-            # mantissa bits, then the remaining mantissa bits at probability one half.
-            e = value - pred
-            mag = abs(e)
-            st, zero = _model_bit(st, buf, end, encode, 1 if mag == 0 else 0, prob, row, _P_ZERO)
-            if zero:
-                e = np.int64(0)
-            else:
-                sw = 0 if rw == 0 else (1 if rw > 0 else 2)
-                sn = 0 if rn == 0 else (1 if rn > 0 else 2)
-                st, neg = _model_bit(st, buf, end, encode, 1 if e < 0 else 0, prob, row, _P_SIGN + sw * 3 + sn)
-                k = _bitlength(mag - 1)
-                j = 0
-                while j < N_BUCKETS - 1:
-                    st, more = _model_bit(st, buf, end, encode, 1 if k > j else 0, prob, row, _P_BUCKET + j)
-                    if not more:
-                        break
-                    j += 1
-                if j < 2:
-                    mag = j + 1
-                else:
-                    mant = np.int64(1)
-                    nbits = j - 1
-                    for i in range(nbits):
-                        shift = nbits - 1 - i
-                        bit = ((mag - 1) >> shift) & 1
-                        if i == 0:
-                            st, bit = _model_bit(st, buf, end, encode, bit, prob, row, _P_MANT + 3 * j)
-                        elif i == 1:
-                            st, bit = _model_bit(st, buf, end, encode, bit, prob, row, _P_MANT + 3 * j + 1 + (mant & 1))
+                # The next stage, from the bit just coded.
+                ladder_done = False
+                if stage == S_TWO1:
+                    if bit:
+                        value = w
+                        hit = True
+                        stage = S_DONE
+                    else:
+                        stage = S_TWO2 if other != w else S_PRED
+                elif stage == S_TWO2:
+                    if bit:
+                        value = other
+                        hit = True
+                        stage = S_DONE
+                    else:
+                        stage = S_PRED
+                elif stage == S_ZERO:
+                    if bit:
+                        mag = 0
+                        stage = S_DONE
+                    else:
+                        stage = S_SIGN
+                elif stage == S_SIGN:
+                    neg = bit
+                    stage = S_START if j > 0 else S_UP
+                elif stage == S_START:
+                    if bit:
+                        stage = S_UP
+                    else:
+                        j -= 1
+                        if j > 0:
+                            stage = S_DOWN
                         else:
-                            st, bit = _code_bit(st, buf, end, encode, bit, _PROB_HALF)
-                        mant = (mant << 1) | bit
-                    mag = mant + 1
-                e = -mag if neg else mag
+                            ladder_done = True
+                elif stage == S_UP:
+                    if bit:
+                        j += 1
+                        ladder_done = j >= N_BUCKETS - 1
+                    else:
+                        ladder_done = True
+                elif stage == S_DOWN:
+                    if bit:
+                        j -= 1
+                        ladder_done = j == 0
+                    else:
+                        ladder_done = True
+                elif stage == S_M1:
+                    mant = (mant << 1) | bit
+                    if j > 2:
+                        stage = S_M2
+                    else:
+                        mag = mant + 1
+                        stage = S_DONE
+                elif stage == S_M2:
+                    mant = (mant << 1) | bit
+                    left = j - 3
+                    if left > 0:
+                        stage = S_RAW
+                    else:
+                        mag = mant + 1
+                        stage = S_DONE
+                else:
+                    mant = (mant << step) | bit
+                    if left == 0:
+                        mag = mant + 1
+                        stage = S_DONE
+                if ladder_done:
+                    if j < 2:
+                        mag = j + 1
+                        stage = S_DONE
+                    else:
+                        mant = np.int64(1)
+                        stage = S_M1
+
+            if hit:
+                if not encode:
+                    img[y, x] = value
+                res[cur, xi] = (value - w) << 3
+                lerr[cur, xi] = abs(value - w) << 3
+                continue
             if not encode:
-                value = pred + e
+                value = pred + (-mag if neg else mag)
                 if value < 0 or value > maxval:
                     status = STATUS_CORRUPT
                     break
@@ -373,15 +486,28 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
             if bias_cnt[bctx] >= 64:
                 # Halving keeps the estimate local: the bias of a region, not of the whole image.
                 bias_cnt[bctx] >>= 1
-                s = bias_sum[bctx]
-                bias_sum[bctx] = s >> 1 if s >= 0 else -((-s) >> 1)
-        if status != STATUS_OK or st[4] > end:
+                bs = bias_sum[bctx]
+                bias_sum[bctx] = bs >> 1 if bs >= 0 else -((-bs) >> 1)
+        if status != STATUS_OK or pos > end:
             break
 
-    low, rng, cache, csize, pos, code = st
     if encode:
+        # Flush: five more byte outputs, as above.
         for _ in range(5):
-            low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf, end)
+            if low < 0xFF000000 or low > _MASK32:
+                carry = low >> 32
+                temp = cache
+                while True:
+                    if pos < end:
+                        buf[pos] = (temp + carry) & 0xFF
+                    pos += 1
+                    temp = 0xFF
+                    csize -= 1
+                    if csize == 0:
+                        break
+                cache = (low >> 24) & 0xFF
+            csize += 1
+            low = (low & 0x00FFFFFF) << 8
         if pos > end:
             status = STATUS_OVERFLOW
     return status, pos

@@ -197,7 +197,7 @@ def _read_packing(view: memoryview, at: int, maxval: int) -> npt.NDArray[np.int3
     if len(packed) != (span + 7) // 8:
         raise CorruptBitstream("pred value set has the wrong size")
     used = np.unpackbits(np.frombuffer(packed, dtype=np.uint8))[:span].astype(bool)
-    values = (np.flatnonzero(used) + low).astype(np.int32)
+    values: npt.NDArray[np.int32] = (np.flatnonzero(used) + low).astype(np.int32)
     if len(values) == 0:
         raise CorruptBitstream("pred value set is empty")
     return values
@@ -252,7 +252,8 @@ def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], 
     at = (ys * cols + xs).ravel()  # the interior, where every tap is inside the image
 
     def tap(dy: int, dx: int, where: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        return flat[where + (dy * cols + dx)]
+        found: npt.NDArray[np.int64] = flat[where + (dy * cols + dx)]
+        return found
 
     w, n, nw, ne, ww, nn = (tap(0, -1, at), tap(-1, 0, at), tap(-1, -1, at), tap(-1, 1, at), tap(0, -2, at),
                             tap(-2, 0, at))
@@ -283,24 +284,6 @@ def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], 
             solution = np.linalg.solve(normal, taps.T @ target)
         except np.linalg.LinAlgError:
             continue
-        if np.all(np.isfinite(solution)):
-            weights[cls] = np.clip(np.round(solution * (1 << k.LS_SHIFT)), -32768, 32767).astype(np.int64)
-    return weights, thresholds
-    gthr = np.maximum.accumulate(np.floor(np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])))
-    ithr = np.maximum.accumulate(np.floor(np.quantile(n[keep], [(i + 1) / k.N_ICLS for i in range(k.N_ICLS - 1)])))
-    thresholds = np.concatenate([gthr, ithr]).astype(np.int64)
-    classes = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
-               + k.N_GCLS * np.searchsorted(thresholds[k.N_GCLS - 1:], n, side="left"))
-    target = (shifted(0, 0) - w).astype(np.float64)
-    taps = np.stack([shifted(int(dy), int(dx)) - w for dy, dx in zip(k.TAP_DY, k.TAP_DX)], axis=1).astype(np.float64)
-    for cls in range(k.N_CLS):
-        index = np.flatnonzero(keep & (classes == cls))
-        if len(index) < 4 * k.N_LS:
-            continue
-        if len(index) > _MAX_FIT_SAMPLES:
-            index = index[:: len(index) // _MAX_FIT_SAMPLES]
-        scale = 1.0 / (grad[index] + 4.0)
-        solution, *_ = np.linalg.lstsq(taps[index] * scale[:, None], target[index] * scale, rcond=None)
         if np.all(np.isfinite(solution)):
             weights[cls] = np.clip(np.round(solution * (1 << k.LS_SHIFT)), -32768, 32767).astype(np.int64)
     return weights, thresholds
