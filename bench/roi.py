@@ -11,6 +11,7 @@ mask finding timed separately).
     .venv/bin/python bench/roi.py                     # ../shared/corpus/manifest.json
     .venv/bin/python bench/roi.py --bounds 2 --frames 1 --out bench/results
     .venv/bin/python bench/roi.py --by-series         # one row per series or file
+    .venv/bin/python bench/roi.py --match ct/pancreas # only corpus paths containing the text
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ class Tally:
     layouts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-def frames(limit: int) -> Iterator[tuple[str, dict[str, Any], PixelSpec, npt.NDArray[np.integer], float, float]]:
+def frames(limit: int, match: str | None) -> Iterator[tuple[str, dict[str, Any], PixelSpec, npt.NDArray[np.integer],
+                                                           float, float]]:
     for entry in manifest():
         group = GROUPS.get(entry["modality"])
-        if group is None or not entry["has_pixel_data"]:
+        if group is None or not entry["has_pixel_data"] or (match is not None and match not in entry["path"]):
             continue
         spec = spec_of(entry)
         slope, intercept = rescale_of(read_dataset(entry))
@@ -79,9 +81,10 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=2, help="frames per multi-frame object (spread over it)")
     parser.add_argument("--out", type=Path, default=None, help="folder for roi.md and roi.json")
     parser.add_argument("--by-series", action="store_true", help="one row per series or file, not per group")
+    parser.add_argument("--match", default=None, help="only corpus paths containing this text")
     args = parser.parse_args()
     tallies: dict[tuple[str, int], Tally] = defaultdict(Tally)
-    for group, entry, spec, frame, slope, intercept in frames(args.frames):
+    for group, entry, spec, frame, slope, intercept in frames(args.frames, args.match):
         photometric = "RGB" if spec.samples_per_pixel == 3 and entry["encapsulated"] else spec.photometric
         started = time.perf_counter()
         mask = automatic_mask(frame, entry["modality"], photometric=photometric, bits_stored=spec.bits_stored,
