@@ -25,17 +25,21 @@ MAGIC = b"PRD"
 FLAG_TABLES = 1  # predictor tables follow; otherwise the fixed (W + N) / 2 predictor
 FLAG_MODEL = 2  # the learned context model named by the digest that follows ran
 FLAG_PACKED = 4  # pixels are coded as ranks among the values the frame uses; the set follows
-_FLAGS = FLAG_TABLES | FLAG_MODEL | FLAG_PACKED
+FLAG_SINGLE = 8  # with FLAG_TABLES: one weight set for every class, and no thresholds
+_FLAGS = FLAG_TABLES | FLAG_MODEL | FLAG_PACKED | FLAG_SINGLE
 
 # magic, version, flags, rows, columns, bits stored, taps, gradient classes, intensity classes
 _HEAD = struct.Struct("<3sBBIIBBBB")
 _TAIL = struct.Struct("<II")  # CRC-32 of the pixels (little-endian words), coded length
 _PACKING = struct.Struct("<III")  # lowest value, span of the bitmap, length of its deflated form
 _NO_THRESHOLD = 0xFFFFFFFF
-# Below this many pixels the tables (about 300 bytes) cost more than they save.
-_MIN_PIXELS_FOR_TABLES = 4096
+# Below this many pixels the class tables (about 300 bytes) may cost more than they save: the
+# encoder then also tries one weight set (34 bytes), and below the second limit no table at all,
+# and keeps the smallest result.
+_TRY_SINGLE_BELOW = 65536
+_TRY_FIXED_BELOW = 4096
 # Per class, the fit uses at most this many samples: enough for 17 weights, bounded time.
-_MAX_FIT_SAMPLES = 100_000
+_MAX_FIT_SAMPLES = 20_000
 
 
 class PredCodec:
@@ -87,38 +91,42 @@ class PredCodec:
             packing = _PACKING.pack(low, span, len(bitmap)) + bitmap
             image = (np.cumsum(used, dtype=np.int32) - 1)[image]
             maxval = len(present) - 1
-        weights, thresholds = default_predictor()
-        tables = False
-        if image.size >= _MIN_PIXELS_FOR_TABLES:
+        # (flags, weights, thresholds, table bytes) of each predictor worth a trial.
+        options: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], bytes]] = []
+        if image.size >= _TRY_SINGLE_BELOW:
             fitted = fit_predictor(image)
             if fitted is not None:
                 weights, thresholds = fitted
-                tables = True
-        flags = (FLAG_TABLES if tables else 0) | (FLAG_PACKED if packing else 0)
+                options.append((FLAG_TABLES, weights, thresholds,
+                                np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes()
+                                + weights.astype("<i2").tobytes()))
+        else:
+            fitted = fit_predictor(image, classes=False)
+            if fitted is not None:
+                weights, thresholds = fitted
+                options.append((FLAG_TABLES | FLAG_SINGLE, weights, thresholds, weights[0].astype("<i2").tobytes()))
+            if image.size >= _TRY_FIXED_BELOW:
+                fitted = fit_predictor(image)
+                if fitted is not None:
+                    weights, thresholds = fitted
+                    options.append((FLAG_TABLES, weights, thresholds,
+                                    np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes()
+                                    + weights.astype("<i2").tobytes()))
+        if not options or image.size < _TRY_FIXED_BELOW:
+            weights, thresholds = default_predictor()
+            options.append((0, weights, thresholds, b""))
         model = self.model
-        if model is not None:
-            flags |= FLAG_MODEL
-        capacity = 4 * image.size + 1024
-        for attempt in range(2):
-            buf = np.zeros(capacity, dtype=np.uint8)
-            status, length = _run(image, True, maxval, weights, thresholds, model, buf, 0)
-            if status == k.STATUS_OK:
-                break
-            if status != k.STATUS_OVERFLOW or attempt == 1:
-                raise CodecError(f"pred encoder failed with status {status}")
-            capacity = 24 * image.size + 1024  # more than any adaptive binary code can need
-        head = _HEAD.pack(MAGIC, PRED_BITSTREAM_VERSION, flags, spec.rows, spec.columns, spec.bits_stored,
-                          k.N_LS, k.N_GCLS, k.N_ICLS)
-        parts = [head]
-        if model is not None:
-            parts.append(model.digest)
-        if tables:
-            parts.append(np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes())
-            parts.append(weights.astype("<i2").tobytes())
-        parts.append(packing)
-        parts.append(_TAIL.pack(crc, length))
-        parts.append(buf[:length].tobytes())
-        return b"".join(parts)
+        best = b""
+        for flags, weights, thresholds, table in options:
+            flags |= (FLAG_PACKED if packing else 0) | (FLAG_MODEL if model is not None else 0)
+            coded = _encode_residuals(image, maxval, weights, thresholds, model)
+            head = _HEAD.pack(MAGIC, PRED_BITSTREAM_VERSION, flags, spec.rows, spec.columns, spec.bits_stored,
+                              k.N_LS, k.N_GCLS, k.N_ICLS)
+            payload = b"".join([head, model.digest if model is not None else b"", table, packing,
+                                _TAIL.pack(crc, len(coded)), coded])
+            if not best or len(payload) < len(best):
+                best = payload
+        return best
 
     def decode(self, payload: bytes, spec: PixelSpec) -> npt.NDArray[np.unsignedinteger]:
         if spec.signed or self.capabilities.unsupported_reasons(spec):
@@ -144,7 +152,17 @@ class PredCodec:
             model = self._models.get(digest)
             if model is None:
                 raise CorruptBitstream(f"pred payload names an unknown context model {digest.hex()[:16]}")
-        if flags & FLAG_TABLES:
+        if flags & FLAG_SINGLE and not flags & FLAG_TABLES:
+            raise CorruptBitstream("pred payload declares one weight set but no tables")
+        if flags & FLAG_SINGLE:
+            end = at + 2 * k.N_LS
+            if len(view) < end:
+                raise CorruptBitstream("pred payload is truncated in its predictor weights")
+            single = np.frombuffer(view[at:end], dtype="<i2").astype(np.int64)
+            weights, thresholds = default_predictor()
+            weights[:] = single
+            at = end
+        elif flags & FLAG_TABLES:
             n_thr = k.N_GCLS - 1 + k.N_ICLS - 1
             n_w = k.N_CLS * k.N_LS
             end = at + 4 * n_thr + 2 * n_w
@@ -178,6 +196,20 @@ class PredCodec:
         if _pixel_crc(image) != crc:
             raise CorruptBitstream("pred pixel checksum does not match: the payload is corrupt")
         return image.astype(spec.unsigned_dtype)
+
+
+def _encode_residuals(image: npt.NDArray[np.int32], maxval: int, weights: npt.NDArray[np.int64],
+                      thresholds: npt.NDArray[np.int64], model: ContextModel | None) -> bytes:
+    capacity = 4 * image.size + 1024
+    for attempt in range(2):
+        buf = np.zeros(capacity, dtype=np.uint8)
+        status, length = _run(image, True, maxval, weights, thresholds, model, buf, 0)
+        if status == k.STATUS_OK:
+            return buf[:length].tobytes()
+        if status != k.STATUS_OVERFLOW or attempt == 1:
+            break
+        capacity = 24 * image.size + 1024  # more than any adaptive binary code can need
+    raise CodecError(f"pred encoder failed with status {status}")
 
 
 def _read_packing(view: memoryview, at: int, maxval: int) -> npt.NDArray[np.int32]:
@@ -234,7 +266,8 @@ def default_predictor() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     return weights, thresholds
 
 
-def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True
+                  ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
     """Least-squares weights per class, and the class thresholds, fitted to `image`; None
     where there is too little texture to fit (the fixed predictor then costs no table).
 
@@ -242,6 +275,7 @@ def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], 
     of N. Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
     large errors at edges, which cost little in a log-magnitude code, and neglect the many small
     ones that set the size. Flat neighbourhoods are left out: they cost nothing however predicted.
+    With `classes` False, one weight set serves every pixel (and every class holds it).
     """
     weights, thresholds = default_predictor()
     rows, cols = image.shape
@@ -261,14 +295,15 @@ def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], 
     keep = grad > 0
     if int(keep.sum()) < 8 * k.N_LS:
         return None
-    gthr = np.maximum.accumulate(np.floor(np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])))
-    ithr = np.maximum.accumulate(np.floor(np.quantile(n[keep], [(i + 1) / k.N_ICLS for i in range(k.N_ICLS - 1)])))
-    thresholds = np.concatenate([gthr, ithr]).astype(np.int64)
-    classes = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
-               + k.N_GCLS * np.searchsorted(thresholds[k.N_GCLS - 1:], n, side="left"))
+    if classes:
+        gthr = np.maximum.accumulate(np.floor(np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])))
+        ithr = np.maximum.accumulate(np.floor(np.quantile(n[keep], [(i + 1) / k.N_ICLS for i in range(k.N_ICLS - 1)])))
+        thresholds = np.concatenate([gthr, ithr]).astype(np.int64)
+    pixel_class = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
+                   + k.N_GCLS * np.searchsorted(thresholds[k.N_GCLS - 1:], n, side="left"))
     offsets = k.TAP_DY * cols + k.TAP_DX
-    for cls in range(k.N_CLS):
-        index = np.flatnonzero(keep & (classes == cls))
+    for cls in range(k.N_CLS if classes else 1):
+        index = np.flatnonzero(keep & (pixel_class == cls))
         if len(index) < 4 * k.N_LS:
             continue
         if len(index) > _MAX_FIT_SAMPLES:
@@ -286,4 +321,6 @@ def fit_predictor(image: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int64], 
             continue
         if np.all(np.isfinite(solution)):
             weights[cls] = np.clip(np.round(solution * (1 << k.LS_SHIFT)), -32768, 32767).astype(np.int64)
+    if not classes:
+        weights[1:] = weights[0]
     return weights, thresholds
