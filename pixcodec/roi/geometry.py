@@ -37,11 +37,11 @@ class ImagePlane:
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> ImagePlane:
-        position = tuple(float(v) for v in ds.ImagePositionPatient)
-        orientation = tuple(float(v) for v in ds.ImageOrientationPatient)
-        spacing = tuple(float(v) for v in ds.PixelSpacing)
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        rx, ry, rz, cx, cy, cz = (float(v) for v in ds.ImageOrientationPatient)
+        between_rows, between_columns = (float(v) for v in ds.PixelSpacing)
         thickness = float(ds.get("SliceThickness") or 1.0)
-        return cls(position, orientation, spacing, thickness)  # type: ignore[arg-type]
+        return cls((x, y, z), (rx, ry, rz, cx, cy, cz), (between_rows, between_columns), thickness)
 
     def to_pixels(self, points: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """(row, column) of patient-space points (N, 3), and their distance from the plane in mm."""

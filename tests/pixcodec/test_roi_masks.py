@@ -225,6 +225,16 @@ def test_rtstruct_contours_map_patient_mm_to_pixels() -> None:
     assert mask[4:9, 5:11].all() and mask.sum() == 30
     assert rtstruct_contours(rtstruct, "1.2.3", plane, roi_numbers=[2]) == []
     assert rtstruct_contours(rtstruct, "1.2.3", None) == []
+    image = Dataset()
+    image.ImagePositionPatient = list(plane.position)
+    image.ImageOrientationPatient = list(plane.orientation)
+    image.PixelSpacing = list(plane.spacing)
+    image.SliceThickness = 3.0
+    assert ImagePlane.from_dataset(image) == plane
+    # A contour that names its image is placed on it whatever its distance.
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.4"
+    elsewhere.ContourImageSequence = Sequence([item])
 
 
 def test_seg_frames_of_the_corpus() -> None:
