@@ -17,12 +17,12 @@ import numpy as np
 # The least-squares predictor: W plus weighted differences of these neighbours to W, so that
 # weights quantised to LS_SHIFT bits cost nothing at a high DC level (signed data arrives offset
 # by 2**15). Order as in docs/pred-bitstream.md.
-N_LS = 17
-TAP_DY = np.array([-1, -1, -1, 0, -2, -1, -2, -2, -1, 0, -3, -2, -2, -1, -1, -3, -3], dtype=np.int64)
-TAP_DX = np.array([0, -1, 1, -2, 0, -2, -1, 1, 2, -3, 0, -2, 2, -3, 3, -1, 1], dtype=np.int64)
+N_LS = 23
+TAP_DY = np.array([-1, -1, -1, 0, -2, -1, -2, -2, -1, 0, -3, -2, -2, -1, -1, -3, -3, -3, -3, -2, -2, -3, -3], dtype=np.int64)
+TAP_DX = np.array([0, -1, 1, -2, 0, -2, -1, 1, 2, -3, 0, -2, 2, -3, 3, -1, 1, -2, 2, -3, 3, -3, 3], dtype=np.int64)
 N_GCLS = 4  # weight sets by local gradient ...
-N_ICLS = 2  # ... times by intensity
-N_CLS = N_GCLS * N_ICLS
+N_OCLS = 2  # ... times by orientation (horizontal activity above vertical, or not)
+N_CLS = N_GCLS * N_OCLS
 LS_SHIFT = 12
 
 # Causal features of the learned context model, and the scale of its output (see model.py).
@@ -223,10 +223,8 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                     cls = 0
                     while cls < N_GCLS - 1 and grad > cls_thr[cls]:
                         cls += 1
-                    ic = 0
-                    while ic < N_ICLS - 1 and n > cls_thr[N_GCLS - 1 + ic]:
-                        ic += 1
-                    cls += N_GCLS * ic
+                    if abs(w - ww) + abs(n - nw) > abs(w - nw) + abs(n - nn):
+                        cls += N_GCLS
 
                     acc = np.int64(0)
                     if y >= 3 and x >= 3 and x + 3 < cols:

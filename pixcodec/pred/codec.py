@@ -28,7 +28,7 @@ FLAG_PACKED = 4  # pixels are coded as ranks among the values the frame uses; th
 FLAG_SINGLE = 8  # with FLAG_TABLES: one weight set for every class, and no thresholds
 _FLAGS = FLAG_TABLES | FLAG_MODEL | FLAG_PACKED | FLAG_SINGLE
 
-# magic, version, flags, rows, columns, bits stored, taps, gradient classes, intensity classes
+# magic, version, flags, rows, columns, bits stored, taps, gradient classes, orientation classes
 _HEAD = struct.Struct("<3sBBIIBBBB")
 _TAIL = struct.Struct("<II")  # CRC-32 of the pixels (little-endian words), coded length
 _PACKING = struct.Struct("<III")  # lowest value, span of the bitmap, length of its deflated form
@@ -121,7 +121,7 @@ class PredCodec:
             flags |= (FLAG_PACKED if packing else 0) | (FLAG_MODEL if model is not None else 0)
             coded = _encode_residuals(image, maxval, weights, thresholds, model)
             head = _HEAD.pack(MAGIC, PRED_BITSTREAM_VERSION, flags, spec.rows, spec.columns, spec.bits_stored,
-                              k.N_LS, k.N_GCLS, k.N_ICLS)
+                              k.N_LS, k.N_GCLS, k.N_OCLS)
             payload = b"".join([head, model.digest if model is not None else b"", table, packing,
                                 _TAIL.pack(crc, len(coded)), coded])
             if not best or len(payload) < len(best):
@@ -134,7 +134,7 @@ class PredCodec:
         view = memoryview(payload)
         if len(view) < _HEAD.size:
             raise CorruptBitstream("pred payload is shorter than its header")
-        magic, version, flags, rows, columns, bits, taps, gcls, icls = _HEAD.unpack_from(view, 0)
+        magic, version, flags, rows, columns, bits, taps, gcls, ocls = _HEAD.unpack_from(view, 0)
         if magic != MAGIC:
             raise CorruptBitstream("pred payload does not start with its magic")
         if version != PRED_BITSTREAM_VERSION:
@@ -142,7 +142,7 @@ class PredCodec:
         if (rows, columns, bits) != (spec.rows, spec.columns, spec.bits_stored):
             raise CorruptBitstream(f"pred payload is {rows}x{columns} at {bits} bits, expected "
                                    f"{spec.rows}x{spec.columns} at {spec.bits_stored}")
-        if (taps, gcls, icls) != (k.N_LS, k.N_GCLS, k.N_ICLS) or flags & ~_FLAGS:
+        if (taps, gcls, ocls) != (k.N_LS, k.N_GCLS, k.N_OCLS) or flags & ~_FLAGS:
             raise CorruptBitstream("pred payload declares a predictor layout this version does not have")
         at = _HEAD.size
         model = None
@@ -163,7 +163,7 @@ class PredCodec:
             weights[:] = single
             at = end
         elif flags & FLAG_TABLES:
-            n_thr = k.N_GCLS - 1 + k.N_ICLS - 1
+            n_thr = k.N_GCLS - 1
             n_w = k.N_CLS * k.N_LS
             end = at + 4 * n_thr + 2 * n_w
             if len(view) < end:
@@ -262,7 +262,7 @@ def default_predictor() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(W + N) / 2 in every class: what small frames use instead of fitted tables."""
     weights = np.zeros((k.N_CLS, k.N_LS), dtype=np.int64)
     weights[:, 0] = 1 << (k.LS_SHIFT - 1)  # tap 0 is N; W is the base
-    thresholds = np.full(k.N_GCLS - 1 + k.N_ICLS - 1, 1 << 40, dtype=np.int64)
+    thresholds = np.full(k.N_GCLS - 1, 1 << 40, dtype=np.int64)
     return weights, thresholds
 
 
@@ -271,8 +271,8 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True
     """Least-squares weights per class, and the class thresholds, fitted to `image`; None
     where there is too little texture to fit (the fixed predictor then costs no table).
 
-    Classes split the pixels at the quartiles of the kernel's local gradient and at the median
-    of N. Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
+    Classes split the pixels at the quartiles of the kernel's local gradient, and by whether the
+    horizontal differences outweigh the vertical ones. Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
     large errors at edges, which cost little in a log-magnitude code, and neglect the many small
     ones that set the size. Flat neighbourhoods are left out: they cost nothing however predicted.
     With `classes` False, one weight set serves every pixel (and every class holds it).
@@ -296,12 +296,13 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True
     if int(keep.sum()) < 8 * k.N_LS:
         return None
     if classes:
-        gthr = np.maximum.accumulate(np.floor(np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])))
-        ithr = np.maximum.accumulate(np.floor(np.quantile(n[keep], [(i + 1) / k.N_ICLS for i in range(k.N_ICLS - 1)])))
-        thresholds = np.concatenate([gthr, ithr]).astype(np.int64)
-    pixel_class = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
-                   + k.N_GCLS * np.searchsorted(thresholds[k.N_GCLS - 1:], n, side="left"))
+        quartiles = np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])
+        thresholds = np.maximum.accumulate(np.floor(quartiles)).astype(np.int64)
+    pixel_class = (np.searchsorted(thresholds, grad, side="left")
+                   + k.N_GCLS * (np.abs(w - ww) + np.abs(n - nw) > np.abs(w - nw) + np.abs(n - nn)))
     offsets = k.TAP_DY * cols + k.TAP_DX
+    if not classes:
+        pixel_class[:] = 0
     for cls in range(k.N_CLS if classes else 1):
         index = np.flatnonzero(keep & (pixel_class == cls))
         if len(index) < 4 * k.N_LS:
