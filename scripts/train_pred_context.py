@@ -4,9 +4,9 @@ The network maps eight causal integer features of a pixel (quarter-octave logari
 neighbouring errors and of the local gradient, an intensity class; see pixcodec/pred/_kernel.py)
 through one hidden ReLU layer to a scale: twice the log2 of the pixel's expected error, which the
 kernel uses as its coding context. Training data come from running the encoder over frames of the
-training files with the hand-designed contexts; the loss is the squared error against
-2 * log2(|error| + 1) measured in 1/8 units, i.e. the network learns the expected log magnitude,
-which is what a context should group by.
+training files with the hand-designed contexts; the loss is
+a Laplace negative log-likelihood of the error (1/8 units) with scale 2**(output / 2): the network
+learns the error scale the context should stand for, on the same scale as the hand formula.
 
 The weights are quantised to integers (features are integers, hidden units in 2**-8, output in
 2**-NET_SHIFT), written as `pixcodec/pred/models/<sha256>.npz`, and the script prints the
@@ -78,7 +78,7 @@ def train(data: npt.NDArray[np.int64], hidden: int, epochs: int, seed: int) -> d
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     features = torch.tensor(data[:, :k.N_FEATURES], dtype=torch.float32)
-    target = torch.tensor(2 * np.log2(data[:, k.N_FEATURES + 1] + 1.0), dtype=torch.float32)
+    magnitude = torch.tensor(data[:, k.N_FEATURES + 1] + 1.0, dtype=torch.float32)
     net = torch.nn.Sequential(torch.nn.Linear(k.N_FEATURES, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     order = torch.Generator().manual_seed(seed)
@@ -88,11 +88,15 @@ def train(data: npt.NDArray[np.int64], hidden: int, epochs: int, seed: int) -> d
         for start in range(0, len(features), 4096):
             index = permutation[start:start + 4096]
             optimiser.zero_grad()
-            loss = torch.nn.functional.mse_loss(net(features[index]).squeeze(1), target[index])
+            # Laplace negative log-likelihood of the error with scale b = 2**(z / 2): the network
+            # learns the scale a context should stand for, in the units of the hand formula.
+            z = net(features[index]).squeeze(1)
+            log_b = z * (0.5 * np.log(2.0))
+            loss = (log_b + magnitude[index] * torch.exp(-log_b)).mean()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(index)
-        print(f"epoch {epoch + 1}: mse {total / len(features):.4f}")
+            total += float(loss.detach()) * len(index)
+        print(f"epoch {epoch + 1}: nll {total / len(features):.4f} nats")
     first, second = net[0], net[2]
     out_scale = 1 << (k.NET_SHIFT - HIDDEN_SCALE)
     return {

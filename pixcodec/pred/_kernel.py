@@ -251,7 +251,7 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                         feats[3] = _log4(abs(rne))
                         feats[4] = _log4(near)
                         feats[5] = _log4(grad << 3)
-                        feats[6] = _log4(abs(rww))
+                        feats[6] = _log4(act)
                         feats[7] = (pred8 >> 3) >> int_shift16
                     if hidden == 0:
                         ctx = 2 * q

@@ -103,6 +103,8 @@ def test_sparse_histograms_are_coded_as_ranks() -> None:
 # with PACSGW_REGENERATE_GOLDEN=1 and pasting the printed digests.
 GOLDEN = {
     "hand": "2fff706a3648a1e2e2438b761e55eb8e6c89cbc74b8dade2e9789b7c1adec95b",
+    "19808cb23d277cfd1e500014dc9b0fa37b616f05d8c406403aff7e115c596a98.npz":
+        "e624c4e1f689ba5deaa83243768e908ed0c391013eed202ebb13fd00c4309a47",
 }
 
 
