@@ -49,8 +49,9 @@ class ContextModel:
         if (not 1 <= hidden <= _MAX_HIDDEN or w1.shape != (hidden, k.N_FEATURES) or b1.shape != (hidden,)
                 or w2.shape != (hidden,) or b2.shape != (1,)):
             raise CodecUnavailable(f"context model {name} has the wrong layout")
-        # Features are below 2**7; these bounds keep every sum far inside int64.
-        if max(np.abs(w1).max(), np.abs(b1).max(), np.abs(w2).max(), np.abs(b2).max()) >= 1 << 24:
+        # Features are below 2**8: with these bounds a hidden unit stays below 2**32 and the
+        # output sum below 2**58, inside int64 whatever the weights.
+        if max(np.abs(w1).max(), np.abs(b1).max(), np.abs(w2).max()) >= 1 << 20 or np.abs(b2).max() >= 1 << 40:
             raise CodecUnavailable(f"context model {name} has weights out of range")
         return cls(name, digest, w1, b1, w2, b2)
 
