@@ -102,9 +102,9 @@ def test_sparse_histograms_are_coded_as_ranks() -> None:
 # any platform. Regenerate (after a deliberate format change, with a version bump) by running
 # with PACSGW_REGENERATE_GOLDEN=1 and pasting the printed digests.
 GOLDEN = {
-    "hand": "2fff706a3648a1e2e2438b761e55eb8e6c89cbc74b8dade2e9789b7c1adec95b",
-    "19808cb23d277cfd1e500014dc9b0fa37b616f05d8c406403aff7e115c596a98.npz":
-        "e624c4e1f689ba5deaa83243768e908ed0c391013eed202ebb13fd00c4309a47",
+    "hand": "5a10db48741f8022764c2e160c30b865b09240616f42f028780b0ad85f757897",
+    "9b353d78e7d60ab4c1ed9659cff48376adc9032b8eb9f5b02c4e53bc02369807.npz":
+        "c70f0502c5f6785ac6f7ba007c194f721f159cb832a7ebb2cb209d7f880d1f8a",
 }
 
 
