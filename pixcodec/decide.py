@@ -114,7 +114,7 @@ ARCHIVE = Budget(
         Candidate("jpeg-xl-e1", JpegXlCodec(effort=1), cost_hint=0.004),
         Candidate("jpeg-ls-packed", JpegLsCodec(), pack=True, cost_hint=0.022),
         Candidate("jpeg-2000", Jpeg2000Codec(), cost_hint=0.080),
-        Candidate("pred", PredCodec.default(), cost_hint=0.40),
+        Candidate("pred", PredCodec.default(), cost_hint=0.22),
         Candidate("jpeg-xl-e7", JpegXlCodec(effort=7), cost_hint=0.40),
         Candidate("jpeg-xl-e7-packed", JpegXlCodec(effort=7), pack=True, cost_hint=0.40),
     ),

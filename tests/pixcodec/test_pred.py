@@ -199,3 +199,16 @@ def test_unknown_context_model_is_refused() -> None:
     payload[_HEAD.size:_HEAD.size] = bytes(32)
     with pytest.raises(CorruptBitstream, match="context model"):
         CODEC.decode(bytes(payload), spec)
+
+
+def test_the_archive_decision_takes_pred_where_it_wins() -> None:
+    from pixcodec.decide import ARCHIVE, INGEST, decide
+
+    assert "pred" in [c.name for c in ARCHIVE.candidates]
+    assert "pred" not in [c.name for c in INGEST.candidates]  # ~55 ms a slice: over the ingest budget
+    entry = next(e for e in ENTRIES if e["path"].startswith("ct/cptac_lscc_chest_siemens_series/"))
+    spec = spec_of(entry)
+    decision = decide(next(raw_frames(entry, limit=1)), spec, ARCHIVE)
+    sizes = {t.name: t.size for t in decision.trials if t.size is not None}
+    assert decision.candidate.name == "pred", sizes
+    assert sizes["pred"] < sizes["jpeg-xl-e7"]
