@@ -29,9 +29,10 @@ LS_SHIFT = 12
 N_FEATURES = 8
 NET_SHIFT = 16
 
-# Regular mode: activity classes x intensity classes select the adaptive probabilities.
+# Regular mode: activity classes x intensity classes (at transmitted thresholds) select the
+# adaptive probabilities.
 N_ACT = 36
-N_INT = 2
+N_INT = 4
 N_CTX = N_ACT * N_INT
 # Two-value mode: which of N, NW, NE, WW, NN equal W, and whether a second value is present.
 N_BCTX = 64
@@ -148,10 +149,8 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     res = np.zeros((2, cols + 2), dtype=np.int64)
     lerr = np.zeros((2, cols + 2), dtype=np.int64)
     maxval8 = np.int64(maxval) << 3
-    # Intensity classes by shifts, not divisions: the top bits of the coded range.
-    depth = _bitlength(maxval)
-    int_shift = max(depth - 1, 0)
-    int_shift16 = max(depth - 4, 0)
+    # The learned model's intensity feature: the top four bits of the coded range.
+    int_shift16 = max(_bitlength(maxval) - 4, 0)
     # Rounded reciprocals: the bias mean as a multiply, not a division per pixel.
     recip = np.zeros(65, dtype=np.int64)
     for i in range(1, 65):
@@ -272,7 +271,11 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                         for i in range(N_FEATURES):
                             dump[at, i] = feats[i]
                         dump[at, N_FEATURES] = ctx
-                    row = ctx + N_ACT * (((pred8 + 4) >> 3) >> int_shift)
+                    pv = (pred8 + 4) >> 3
+                    ic = 0
+                    while ic < N_INT - 1 and pv > cls_thr[N_GCLS - 1 + ic]:
+                        ic += 1
+                    row = ctx + N_ACT * ic
 
                     # Bias cancellation per activity octave and texture pattern (CALIC-style).
                     p_int = pred8 >> 3

@@ -40,6 +40,10 @@ _TRY_SINGLE_BELOW = 65536
 _TRY_FIXED_BELOW = 4096
 # Per class, the fit uses at most this many samples: plenty for 23 weights, in bounded time.
 _MAX_FIT_SAMPLES = 20_000
+# Intensity classes of the coding contexts split at these quantiles of the pixel values (the
+# most common value, padding as a rule, left out): fine at the low end, where CT air and MR
+# background noise differ most from tissue.
+_INTENSITY_QUANTILES = (0.02, 0.1, 0.3)
 
 
 class PredCodec:
@@ -164,7 +168,7 @@ class PredCodec:
             weights[:] = single
             at = end
         elif flags & FLAG_TABLES:
-            n_thr = k.N_GCLS - 1
+            n_thr = k.N_GCLS - 1 + k.N_INT - 1
             n_w = k.N_CLS * k.N_LS
             end = at + 4 * n_thr + 2 * n_w
             if len(view) < end:
@@ -263,7 +267,7 @@ def default_predictor() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(W + N) / 2 in every class: what small frames use instead of fitted tables."""
     weights = np.zeros((k.N_CLS, k.N_LS), dtype=np.int64)
     weights[:, 0] = 1 << (k.LS_SHIFT - 1)  # tap 0 is N; W is the base
-    thresholds = np.full(k.N_GCLS - 1, 1 << 40, dtype=np.int64)
+    thresholds = np.full(k.N_GCLS - 1 + k.N_INT - 1, 1 << 40, dtype=np.int64)
     return weights, thresholds
 
 
@@ -273,7 +277,8 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True
     where there is too little texture to fit (the fixed predictor then costs no table).
 
     Classes split the pixels at the quartiles of the kernel's local gradient, and by whether the
-    horizontal differences outweigh the vertical ones. Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
+    horizontal differences outweigh the vertical ones; the intensity thresholds of the coding
+    contexts come along (see _INTENSITY_QUANTILES). Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
     large errors at edges, which cost little in a log-magnitude code, and neglect the many small
     ones that set the size. Flat neighbourhoods are left out: they cost nothing however predicted.
     With `classes` False, one weight set serves every pixel (and every class holds it).
@@ -298,8 +303,13 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True
         return None
     if classes:
         quartiles = np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])
-        thresholds = np.maximum.accumulate(np.floor(quartiles)).astype(np.int64)
-    pixel_class = (np.searchsorted(thresholds, grad, side="left")
+        thresholds[:k.N_GCLS - 1] = np.maximum.accumulate(np.floor(quartiles)).astype(np.int64)
+        values = image.ravel()[::7]
+        values = values[values != np.bincount(values).argmax()]
+        if len(values):
+            levels = np.quantile(values, _INTENSITY_QUANTILES)
+            thresholds[k.N_GCLS - 1:] = np.maximum.accumulate(np.floor(levels)).astype(np.int64)
+    pixel_class = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
                    + k.N_GCLS * (np.abs(w - ww) + np.abs(n - nw) > np.abs(w - nw) + np.abs(n - nn)))
     offsets = k.TAP_DY * cols + k.TAP_DX
     if not classes:
