@@ -37,7 +37,7 @@ N_CTX = N_ACT * N_INT
 # Two-value mode: which of N, NW, NE, WW, NN equal W, and whether a second value is present.
 N_BCTX = 64
 N_BUCKETS = 18  # magnitude classes 0, 1, 2-3, 4-7, ...: a 17-bit magnitude is the most there is
-N_BIAS = 8 * 64  # bias-cancellation contexts: activity octave x texture pattern
+N_BIAS = 4 * 8 * 64  # bias-cancellation contexts: intensity class x activity octave x texture pattern
 
 # Slots of a probability row: zero flag, sign (9 neighbour-sign classes), bucket ladder, the two
 # mantissa bits below the leading one. Two-value rows use slots 0 and 1.
@@ -281,7 +281,7 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                     p_int = pred8 >> 3
                     tex = (1 if n > p_int else 0) | (2 if w > p_int else 0) | (4 if nw > p_int else 0) | (8 if ne > p_int else 0)
                     tex |= (16 if ww > p_int else 0) | (32 if nn > p_int else 0)
-                    bctx = min(q >> 1, 7) * 64 + tex
+                    bctx = (ic * 8 + min(q >> 1, 7)) * 64 + tex
                     cnt = bias_cnt[bctx]
                     if cnt > 0:
                         bs = bias_sum[bctx]
