@@ -95,17 +95,23 @@ def split(files: list[Path], parts: int, root: Path) -> list[Path]:
 def wait_for_echo(port: int, aet: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if subprocess.run(["echoscu", "-aec", aet, "127.0.0.1", str(port)], capture_output=True).returncode == 0:
+        if subprocess.run(["echoscu", "-aec", aet, "127.0.0.1", str(port)], capture_output=True,
+                          env=DCMTK_ENV).returncode == 0:
             return
         time.sleep(0.2)
     raise RuntimeError(f"no C-ECHO answer on port {port}")
 
 
-def send(dirs: list[Path], port: int, aet: str) -> float:
+# Debian's DCMTK leaves Nagle's algorithm on unless told otherwise, and every request/response
+# pair then waits for a delayed ACK (~40 ms): 20 instances/s between storescu and storescp.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def send(dirs: list[Path], port: int, aet: str, *options: str) -> float:
     started = time.perf_counter()
     procs = [
-        subprocess.Popen(["storescu", "-aec", aet, "+sd", "+r", "-nh", "127.0.0.1", str(port), str(d)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(["storescu", "-aec", aet, "+sd", "+r", "-nh", *options, "127.0.0.1", str(port), str(d)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=DCMTK_ENV)
         for d in dirs
     ]
     errors = [p.communicate()[1] for p in procs]
@@ -167,7 +173,7 @@ def run_storescp(files: list[Path], dirs: list[Path], work: Path) -> Figures:
     out = work / "storescp-out"
     out.mkdir()
     scp = subprocess.Popen(["storescp", "--fork", "-aet", "STORESCP", "-od", str(out), str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)
     try:
         wait_for_echo(port, "STORESCP")
         elapsed = send(dirs, port, "STORESCP")
