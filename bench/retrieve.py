@@ -351,6 +351,9 @@ def run(args: argparse.Namespace, root: Path, study_dir: Path, files: list[Path]
         find_figures: list[tuple[int, dict[str, tuple[float, float, float]]]] = []
         for size in args.index_sizes:
             total = grow_index(database_url, size)
+            if total <= len(files):
+                print(f"index size {size}: not above the study's own {len(files)} instances, no C-FIND figures")
+                continue
             patients = max(1, (total - len(files)) // len(files))
             find_figures.append((total, find_latency(dicom_port, http_port, patients, args.repeats)))
     finally:

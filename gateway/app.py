@@ -134,7 +134,8 @@ class Gateway:
             duplicates=settings.ingest.duplicates,
         )
         self.query = QueryService(self.engine, self.blobs, ae_title=settings.dicom.ae_title)
-        self.retrieve = RetrieveService(self.engine, self.blobs, workers=settings.worker_count)
+        # Two instances per codec worker ahead of each retrieval keep every worker busy.
+        self.retrieve = RetrieveService(self.engine, self.blobs, self.pool, prefetch=2 * settings.worker_count)
         tracker = AssociationTracker(self.metrics, frozenset(settings.dicom.allowed_calling_aets))
         self.ae = build_ae(settings.dicom)
         self._handlers = event_handlers(

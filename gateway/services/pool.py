@@ -70,7 +70,8 @@ class CodecPool:
         self._on_waiting, self._on_wait, self._on_rejected = on_waiting, on_wait, on_rejected
         self._worker_logging = worker_logging
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["gateway.services.prepare", "pixcodec"])
+        self._context.set_forkserver_preload(
+            ["gateway.services.prepare", "gateway.services.retrieve_job", "pixcodec"])
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:

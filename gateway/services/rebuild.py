@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from gateway.instance_blob import BlobFormatError, rebuild
 from storage.blobs.base import BlobStore, BlobStoreError
@@ -22,6 +22,15 @@ class RebuildError(Exception):
 
 def rebuild_instance(blobs: BlobStore, stored: StoredInstance, sink: Callable[[bytes], Any]) -> None:
     """Stream the dataset bytes as received (no File Meta) into `sink`; RebuildError on any mismatch."""
+    try:
+        with blobs.open(stored.blob) as fp:
+            rebuild_checked(fp, stored, sink)
+    except (BlobStoreError, OSError) as exc:
+        raise RebuildError(str(exc)) from exc
+
+
+def rebuild_checked(fp: IO[bytes], stored: StoredInstance, sink: Callable[[bytes], Any]) -> None:
+    """`rebuild_instance` on an open blob: the bytes go to `sink`, then the SHA-256 is checked."""
     digest = hashlib.sha256()
 
     def both(chunk: bytes) -> None:
@@ -29,9 +38,8 @@ def rebuild_instance(blobs: BlobStore, stored: StoredInstance, sink: Callable[[b
         sink(chunk)
 
     try:
-        with blobs.open(stored.blob) as fp:
-            footer = rebuild(fp, both)
-    except (BlobFormatError, BlobStoreError, OSError) as exc:
+        footer = rebuild(fp, both)
+    except (BlobFormatError, OSError) as exc:
         raise RebuildError(str(exc)) from exc
     if footer.dataset_sha256 != stored.dataset_sha256 or digest.hexdigest() != stored.dataset_sha256:
         raise RebuildError("rebuilt dataset differs from the SHA-256 recorded at ingest")

@@ -3,13 +3,12 @@
 For every instance the transfer syntax is the best one the peer accepted for its SOP class, in
 DESIGN.md's order: the received syntax (rebuilt exactly), the standard syntax of the stored
 pixcodec codec (frames sent as stored), explicit VR little endian, implicit VR little endian.
-Preparing (blob read, rebuild, decode) runs on a small thread pool a few instances ahead of the
+Preparing (rebuild, decode) runs in the codec worker processes a few instances ahead of the
 network, so the link does not wait for the codec while memory holds only those few.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections import deque
@@ -21,19 +20,11 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from sqlalchemy.engine import Engine
 
-from gateway.errors import InvalidIdentifier, MatchesUnavailable
-from gateway.instance_blob import BlobFormatError
+from gateway.errors import InvalidIdentifier, MatchesUnavailable, OutOfResources
 from gateway.services.identifiers import UNIQUE_KEYS, InformationModel, Negotiated, parse_identifier
-from gateway.services.rebuild import RebuildError, rebuild_instance
-from gateway.services.transcode import (
-    Mode,
-    TranscodeError,
-    parse,
-    passthrough,
-    reencoded,
-    to_native,
-    with_syntax,
-)
+from gateway.services.pool import CodecPool, WorkerLost
+from gateway.services.retrieve_job import Candidate, RetrieveJob, run_job
+from gateway.services.transcode import Mode, TranscodeError, parse, with_syntax
 from pixcodec import CodecError, CodecRegistry, default_registry
 from storage.blobs.base import BlobStore, BlobStoreError
 from storage.db import IndexUnavailable
@@ -60,12 +51,6 @@ MAX_SUBOPERATIONS = 65535
 
 
 @dataclass(frozen=True, slots=True)
-class Candidate:
-    syntax: str
-    mode: Mode
-
-
-@dataclass(frozen=True, slots=True)
 class Prepared:
     """One instance ready for its C-STORE sub-operation, or the reason it cannot be sent."""
 
@@ -81,17 +66,17 @@ class RetrieveService:
         self,
         engine: Engine,
         blobs: BlobStore,
+        pool: CodecPool,
         *,
-        workers: int,
-        prefetch: int = 4,
+        prefetch: int,
         registry: CodecRegistry | None = None,
     ) -> None:
-        self._engine, self._blobs = engine, blobs
+        """`prefetch`: instances prepared ahead of the network, per request."""
+        self._engine, self._blobs, self._pool = engine, blobs, pool
         self._registry = registry or default_registry()
         self._prefetch = max(1, prefetch)
-        # Threads, not the codec processes: the frames and datasets are large to pickle, and the
-        # decoders (numpy, CharLS, OpenJPEG, zstd) release the GIL.
-        self._executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="retrieve")
+        # These threads only read blobs and wait on the codec workers, where the work happens.
+        self._executor = ThreadPoolExecutor(max_workers=4 * self._prefetch, thread_name_prefix="retrieve")
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -146,30 +131,18 @@ class RetrieveService:
         return list(dict.fromkeys(s for s in every if s is not None))
 
     def prepare(self, stored: StoredInstance, candidates: list[Candidate]) -> Prepared:
-        """The first candidate that works; a failure (never an exception) when none does."""
-        if not candidates:
-            return Prepared(stored, None, error="no accepted presentation context for its SOP class")
-        rebuilt: bytes | None = None
+        """The first candidate that works, made in a codec worker; a failure (never an exception)
+        when none does."""
         try:
-            for candidate in candidates:
-                if candidate.mode is Mode.PASSTHROUGH:
-                    with self._blobs.open(stored.blob) as fp:
-                        dataset = passthrough(fp, received=stored.transfer_syntax_uid, syntax=candidate.syntax)
-                    if dataset is None:
-                        continue  # not allowed or not possible for these frames: decode instead
-                    return Prepared(stored, reencoded(dataset, candidate.syntax), candidate.syntax, candidate.mode)
-                if rebuilt is None:
-                    sink = io.BytesIO()
-                    rebuild_instance(self._blobs, stored, sink.write)
-                    rebuilt = sink.getvalue()
-                dataset = parse(rebuilt, stored.transfer_syntax_uid)
-                if candidate.mode is Mode.ORIGINAL:
-                    return Prepared(stored, with_syntax(dataset, candidate.syntax), candidate.syntax, candidate.mode)
-                native = to_native(dataset, stored.transfer_syntax_uid)
-                return Prepared(stored, reencoded(native, candidate.syntax), candidate.syntax, candidate.mode)
-        except (RebuildError, BlobFormatError, BlobStoreError, CodecError, TranscodeError, OSError) as exc:
+            with self._blobs.open(stored.blob) as fp:
+                blob = fp.read()
+            result = self._pool.run(run_job, RetrieveJob(stored, blob, tuple(candidates)))
+            if result.data is None or result.syntax is None:
+                return Prepared(stored, None, error=result.error)
+            dataset = with_syntax(parse(result.data, result.syntax), result.syntax)
+        except (BlobStoreError, OSError, OutOfResources, WorkerLost, TranscodeError) as exc:
             return Prepared(stored, None, error=str(exc) or type(exc).__name__)
-        return Prepared(stored, None, error="no accepted transfer syntax can carry it")
+        return Prepared(stored, dataset, result.syntax, result.mode)
 
     def prepared(
         self,

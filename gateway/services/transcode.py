@@ -98,9 +98,10 @@ def with_syntax(dataset: Dataset, syntax: str) -> Dataset:
     return dataset
 
 
-def reencoded(dataset: Dataset, syntax: str) -> Dataset:
-    """`dataset` written in `syntax`'s encoding and read back, so its elements are raw values of
-    that encoding: pynetdicom then sends them as they are instead of converting (or refusing)."""
+def encoded(dataset: Dataset, syntax: str) -> bytes:
+    """`dataset` written in `syntax`'s encoding (no File Meta, never deflated). Read back, its
+    elements are raw values of that encoding, which pynetdicom sends as they are instead of
+    converting (or refusing)."""
     implicit, little = syntaxes.encoding(syntax)
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
@@ -108,11 +109,11 @@ def reencoded(dataset: Dataset, syntax: str) -> Dataset:
         write_dataset(buffer, dataset)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise TranscodeError(f"dataset cannot be encoded in {syntax}: {exc}") from exc
-    return with_syntax(_read(buffer.getvalue(), implicit, little), syntax)
+    return buffer.getvalue()
 
 
 def to_native(dataset: Dataset, received: str) -> Dataset:
-    """The dataset with native little endian pixel data, ready for `reencoded` in a native syntax."""
+    """The dataset with native little endian pixel data, ready for `encoded` in a native syntax."""
     ts = uid.UID(received)
     if ts == uid.ExplicitVRBigEndian:
         _swap_binary(dataset)
