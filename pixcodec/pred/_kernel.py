@@ -149,6 +149,9 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     res = np.zeros((2, cols + 2), dtype=np.int64)
     lerr = np.zeros((2, cols + 2), dtype=np.int64)
     maxval8 = np.int64(maxval) << 3
+    # Inside the image the taps are fixed offsets into the flat pixel buffer.
+    flat = img.reshape(rows * cols)
+    offsets = TAP_DY * cols + TAP_DX
     # The learned model's intensity feature: the top four bits of the coded range.
     int_shift16 = max(_bitlength(maxval) - 4, 0)
     # Rounded reciprocals: the bias mean as a multiply, not a division per pixel.
@@ -227,8 +230,9 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
 
                     acc = np.int64(0)
                     if y >= 3 and x >= 3 and x + 3 < cols:
+                        at = y * cols + x
                         for i in range(N_LS):
-                            acc += ls_weights[cls, i] * (np.int64(img[y + TAP_DY[i], x + TAP_DX[i]]) - w)
+                            acc += ls_weights[cls, i] * (np.int64(flat[at + offsets[i]]) - w)
                     else:
                         for i in range(N_LS):
                             yy = max(y + TAP_DY[i], 0)
