@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pixcodec import FrameCodec, preprocess  # noqa: E402
+from pixcodec import FrameCodec, PixelSpec, preprocess  # noqa: E402
 from pixcodec.pred import PredCodec, shipped_models  # noqa: E402
 from pixcodec.standard import JpegLsCodec, JpegXlCodec  # noqa: E402
 from tests.pixcodec.corpus_frames import CORPUS_DIR, manifest, raw_frames, spec_of  # noqa: E402
@@ -66,8 +66,19 @@ def codecs() -> dict[str, FrameCodec]:
     return found
 
 
+def warm_up(coders: dict[str, FrameCodec]) -> None:
+    """One small frame through every codec first: numba compiles (or loads) pred's kernel on its
+    first call, which is no part of coding speed."""
+    spec = PixelSpec(rows=64, columns=64, samples_per_pixel=1, bits_allocated=16, bits_stored=12, signed=False,
+                     photometric="MONOCHROME2")
+    frame = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 7) % 4096
+    for codec in coders.values():
+        codec.decode(codec.encode(frame, spec), spec)
+
+
 def run(frames_per_object: int, limit: int | None, held_out_only: bool) -> dict[str, dict[str, Tally]]:
     coders = codecs()
+    warm_up(coders)
     tallies: dict[str, dict[str, Tally]] = {"all": defaultdict(Tally), "held-out": defaultdict(Tally)}
     entries = [e for e in manifest() if e["bits_allocated"] in (8, 16) and e["samples_per_pixel"] == 1]
     if held_out_only:

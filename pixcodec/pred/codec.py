@@ -207,7 +207,7 @@ def _encode_residuals(image: npt.NDArray[np.int32], maxval: int, weights: npt.ND
                       thresholds: npt.NDArray[np.int64], model: ContextModel | None) -> bytes:
     capacity = 4 * image.size + 1024
     for attempt in range(2):
-        buf = np.zeros(capacity, dtype=np.uint8)
+        buf = np.empty(capacity, dtype=np.uint8)  # written front to back before it is read
         status, length = _run(image, True, maxval, weights, thresholds, model, buf, 0)
         if status == k.STATUS_OK:
             return buf[:length].tobytes()
