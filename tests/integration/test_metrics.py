@@ -149,7 +149,8 @@ def test_metrics_after_real_traffic_match_the_readme_and_what_was_sent(
     assert value(before, "pacsgw_codec_pool_slots") == gateway.settings.queue_limit
     assert value(before, "pacsgw_compression_queue_depth") == 0
     assert value(before, "pacsgw_codec_pool_waiting") == 0
-    assert value(before, "pacsgw_codec_pool_wait_seconds_count") == len(first)
+    # Each stored instance and each retrieved one took a codec worker slot.
+    assert value(before, "pacsgw_codec_pool_wait_seconds_count") == len(first) + 4
     assert value(before, "pacsgw_retrieve_suboperations_total", service="c_get", status="sent") == 4
     assert next(iter(before["pacsgw_build_info"].samples)).labels["version"]
 
