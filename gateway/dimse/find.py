@@ -11,8 +11,8 @@ from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.events import Event
 
-from gateway.dimse.handlers import AssociationTracker, status_dataset
-from gateway.errors import GatewayError, Outcome, Service, error_comment, status_category, to_outcome
+from gateway.dimse.handlers import AssociationTracker, refused, status_dataset
+from gateway.errors import Outcome, Service, status_category
 from gateway.metrics import Metrics
 from gateway.services.identifiers import InformationModel, Negotiated
 from gateway.services.query import QueryService
@@ -60,13 +60,8 @@ class FindHandler:
                         break
                     matched += 1
                     yield PENDING, response
-            except GatewayError as exc:
-                outcome = to_outcome(exc, Service.C_FIND)
-                log.warning("c-find refused", extra={"fields": {
-                    "status": f"0x{outcome.status:04X}", "reason": outcome.reason, "detail": str(exc)}})
-            except Exception as exc:  # the last net: never crash the association thread
-                log.exception("c-find failed unexpectedly")
-                outcome = Outcome(0xC000, error_comment(f"internal error: {type(exc).__name__}"), "internal")
+            except Exception as exc:  # the last net too: never crash the association thread
+                outcome = refused(exc, Service.C_FIND)
             log.info("c-find done", extra={"fields": {"matches": matched, "status": f"0x{outcome.status:04X}"}})
             observed.status, observed.category = outcome.status, status_category(outcome.status)
             if observed.category == "failure":

@@ -30,6 +30,18 @@ def status_dataset(outcome: Outcome) -> Dataset:
     return status
 
 
+def refused(exc: Exception, service: Service, **fields: Any) -> Outcome:
+    """The outcome of a request that raised `exc`, logged: a GatewayError is a refusal with its
+    status, anything else an internal error (0xC000), so no exception reaches pynetdicom."""
+    if isinstance(exc, GatewayError):
+        outcome = to_outcome(exc, service)
+        log.warning(f"{service.value} refused", extra={"fields": {
+            "status": f"0x{outcome.status:04X}", "reason": outcome.reason, "detail": str(exc), **fields}})
+        return outcome
+    log.exception(f"{service.value} failed unexpectedly")
+    return Outcome(0xC000, error_comment(f"internal error: {type(exc).__name__}"), "internal")
+
+
 class AssociationTracker:
     """Per-association ids for the logs, TCP_NODELAY, and the association metrics."""
 
@@ -150,14 +162,8 @@ class StoreHandler:
                         "fallback": prepared.fallback.value if prepared.fallback else None,
                     }},
                 )
-            except GatewayError as exc:
-                outcome = to_outcome(exc, Service.C_STORE)
-                log.warning("c-store refused", extra={"fields": {
-                    "status": f"0x{outcome.status:04X}", "reason": outcome.reason, "detail": str(exc),
-                    "duration_seconds": round(time.perf_counter() - started, 4)}})
-            except Exception as exc:  # the last net: never crash the association thread
-                log.exception("c-store failed unexpectedly")
-                outcome = Outcome(0xC000, error_comment(f"internal error: {type(exc).__name__}"), "internal")
+            except Exception as exc:  # the last net too: never crash the association thread
+                outcome = refused(exc, Service.C_STORE, duration_seconds=round(time.perf_counter() - started, 4))
             log.debug("c-store instance", extra={"fields": {"sop_instance_uid": sop_uid,
                                                             "status": f"0x{outcome.status:04X}"}})
             observed.status, observed.category = outcome.status, status_category(outcome.status)

@@ -21,16 +21,8 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
 from gateway.config import DestinationSettings
-from gateway.dimse.handlers import AssociationTracker, status_dataset
-from gateway.errors import (
-    GatewayError,
-    MoveDestinationUnknown,
-    Outcome,
-    Service,
-    error_comment,
-    status_category,
-    to_outcome,
-)
+from gateway.dimse.handlers import AssociationTracker, refused, status_dataset
+from gateway.errors import MoveDestinationUnknown, Outcome, Service, status_category
 from gateway.metrics import Metrics
 from gateway.services.identifiers import InformationModel
 from gateway.services.retrieve import (
@@ -109,13 +101,7 @@ class _Handler:
         self._retrieve, self._tracker, self._metrics = retrieve, tracker, metrics
 
     def _refused(self, exc: Exception) -> Outcome:
-        if isinstance(exc, GatewayError):
-            outcome = to_outcome(exc, self.service)
-            log.warning(f"{self.service.value} refused", extra={"fields": {
-                "status": f"0x{outcome.status:04X}", "reason": outcome.reason, "detail": str(exc)}})
-            return outcome
-        log.exception(f"{self.service.value} failed unexpectedly")
-        return Outcome(0xC000, error_comment(f"internal error: {type(exc).__name__}"), "internal")
+        return refused(exc, self.service)
 
     def _finish(self, observed: Any, outcome: Outcome, run: _Run | None, matches: int) -> None:
         log.info(f"{self.service.value} done", extra={"fields": {
