@@ -21,6 +21,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway import syntaxes
+from gateway.policy import PolicySettings
 from storage.records import DuplicatePolicy
 
 DEFAULT_DATA_DIR = Path("pacs-gateway-data")
@@ -132,6 +133,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
+    policy: PolicySettings = PolicySettings()
 
     @classmethod
     def settings_customise_sources(
