@@ -132,6 +132,7 @@ class Gateway:
             metrics=self.metrics,
             spool_dir=settings.spool_path,
             duplicates=settings.ingest.duplicates,
+            rules=settings.policy.rules,
         )
         self.query = QueryService(self.engine, self.blobs, ae_title=settings.dicom.ae_title)
         # Two instances per codec worker ahead of each retrieval keep every worker busy.

@@ -256,6 +256,8 @@ def _record(
             received_at=attrs.received_at,
             calling_ae_title=attrs.calling_ae_title,
             compression_fallback=attrs.compression_fallback,
+            policy_rule=attrs.policy_rule,
+            policy_mode=attrs.policy_mode,
             blob_store=blob.store,
             blob_key=blob.key,
             blob_size=blob.size,

@@ -159,6 +159,10 @@ class Instance(Base):
     calling_ae_title: Mapped[str]
     # codec_error | verification_failed | worker_lost: compression was planned, pixels kept as received.
     compression_fallback: Mapped[str | None] = mapped_column(sa.String(32))
+    # The compression policy rule that matched and what it did (lossless | roi-hybrid | keep);
+    # NULL for rows stored before the policy existed.
+    policy_rule: Mapped[str | None] = mapped_column(sa.String(48))
+    policy_mode: Mapped[str | None] = mapped_column(sa.String(16))
 
     blob_store: Mapped[str]
     blob_key: Mapped[str]

@@ -95,6 +95,8 @@ class InstanceAttrs:
     # Why compression was planned but the pixels were kept as received (codec_error,
     # verification_failed, worker_lost); None when it was not planned or succeeded.
     compression_fallback: str | None = None
+    policy_rule: str | None = None  # the compression policy rule that matched
+    policy_mode: str | None = None  # what it did: lossless | roi-hybrid | keep
 
 
 @dataclass(frozen=True, slots=True)

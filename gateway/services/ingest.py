@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway.errors import DuplicateRejected, OutOfResources
 from gateway.instance_blob import PixelMode
 from gateway.metrics import Metrics, modality_label
+from gateway.policy import PolicyRule
 from gateway.services.pool import CodecPool, WorkerLost
 from gateway.services.prepare import Fallback, IngestJob, PreparedInstance, prepare, run_job
 from storage.blobs.base import BlobStore, BlobStoreError
@@ -60,11 +61,13 @@ class IngestService:
         spool_dir: Path,
         duplicates: DuplicatePolicy,
         budget: str = "ingest",
+        rules: tuple[PolicyRule, ...] = (),
     ) -> None:
         self._index, self._blobs, self._pool, self._metrics = index, blobs, pool, metrics
         self._spool_dir = spool_dir
         self._duplicates = duplicates
         self._budget = budget
+        self._rules = rules
 
     def store(self, request: StoreRequest) -> StoreResult:
         """Store one received dataset durably; raises GatewayError with the reason it was not."""
@@ -87,6 +90,8 @@ class IngestService:
             sop_class_uid=request.sop_class_uid,
             sop_instance_uid=request.sop_instance_uid,
             budget=self._budget,
+            calling_ae_title=request.calling_ae_title,
+            rules=self._rules,
         )
         try:
             return self._pool.run(run_job, job)
@@ -131,6 +136,8 @@ class IngestService:
                 received_at=dt.datetime.now(dt.timezone.utc),
                 calling_ae_title=request.calling_ae_title,
                 compression_fallback=prepared.fallback.value if prepared.fallback else None,
+                policy_rule=prepared.policy.rule_name if prepared.policy else None,
+                policy_mode=prepared.policy.mode if prepared.policy else None,
             ),
         )
         try:
@@ -154,6 +161,7 @@ class IngestService:
     def _count(self, prepared: PreparedInstance, outcome: RecordOutcome) -> None:
         m = self._metrics
         modality = modality_label(prepared.attrs.series.modality)
+        budget = (prepared.policy.ingest_budget or "none") if prepared.policy else self._budget
         m.instances.labels(modality, outcome.result.value).inc()
         if not outcome.blob_used:
             return
@@ -162,17 +170,17 @@ class IngestService:
         m.received_bytes.labels(modality, codec).inc(received)
         m.stored_bytes.labels(modality, codec, prepared.pixel_mode.value).inc(stored)
         if stored:
-            m.compression_ratio.labels(modality, self._budget).observe(received / stored)
+            m.compression_ratio.labels(modality, budget).observe(received / stored)
         if received >= stored:
-            m.saved_bytes.labels(modality, self._budget).inc(received - stored)
+            m.saved_bytes.labels(modality, budget).inc(received - stored)
         else:
-            m.grown_bytes.labels(modality, self._budget).inc(stored - received)
+            m.grown_bytes.labels(modality, budget).inc(stored - received)
         m.codec_input_bytes.labels(codec).inc(prepared.original_size)
         m.codec_output_bytes.labels(codec).inc(prepared.blob_size)
         m.codec_duration.labels(codec, "encode").observe(prepared.encode_seconds)
         m.codec_duration.labels(codec, "verify").observe(prepared.verify_seconds)
         if prepared.candidate is not None and prepared.fallback is None:
-            m.codec_decisions.labels(self._budget, prepared.candidate).inc()
+            m.codec_decisions.labels(budget, prepared.candidate).inc()
         if prepared.fallback is not None and prepared.fallback is not Fallback.WORKER_LOST:
             m.fallbacks.labels(prepared.fallback.value).inc()
             if prepared.fallback is Fallback.VERIFICATION_FAILED:

@@ -28,6 +28,7 @@ from gateway.errors import (
 from gateway.instance_blob import BlobFormatError, Footer, PixelMode, PixelPlan, rebuild, write_instance_blob
 from gateway.metadata import HeaderAttrs, extract
 from gateway.pixels import native_layout
+from gateway.policy import HeaderFacts, PolicyDecision, PolicyRule, decide
 from gateway.received import ReceivedDataset, dataset_sha256, open_received
 from pixcodec.decide import budget_named
 
@@ -49,6 +50,9 @@ class IngestJob:
     sop_class_uid: str  # from the C-STORE command
     sop_instance_uid: str
     budget: str | None  # a pixcodec.decide budget name, or None: never run a native codec
+    calling_ae_title: str = ""
+    # The configured policy rules; the matched rule's budget replaces `budget` (unless it is None).
+    rules: tuple[PolicyRule, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,7 @@ class PreparedInstance:
     fallback_detail: str | None
     planned_codec_id: str | None  # the codec that was tried, also when it was not kept
     candidate: str | None  # the mode decision's winner (codec and settings), when it ran
+    policy: PolicyDecision | None = None  # None when the job carried no rules
 
 
 def prepare(job: IngestJob) -> PreparedInstance:
@@ -76,7 +81,13 @@ def prepare(job: IngestJob) -> PreparedInstance:
     attrs = extract(received.header)
     _check_command_uids(attrs, job)
     dataset_digest = dataset_sha256(received)
-    plan, pixel_digest = _plan(received, job.budget)
+    policy = None
+    budget = job.budget
+    if job.rules is not None:
+        policy = decide(HeaderFacts.of(received.header, str(received.transfer_syntax)), job.calling_ae_title, job.rules)
+        # ROI-hybrid is not coded at ingest: such instances are stored losslessly at the rule's budget.
+        budget = policy.ingest_budget if budget is not None else None
+    plan, pixel_digest = _plan(received, budget)
     fallback: Fallback | None = None
     detail: str | None = None
     attempt = _Attempt()
@@ -115,6 +126,7 @@ def prepare(job: IngestJob) -> PreparedInstance:
         fallback_detail=detail,
         planned_codec_id=planned,
         candidate=footer.extra.get("candidate") if footer is not None else None,
+        policy=policy,
     )
 
 
