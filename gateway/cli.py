@@ -1,4 +1,4 @@
-"""pacs-gateway: serve | db upgrade | verify | sweep | config | report."""
+"""pacs-gateway: serve | db upgrade | verify | sweep | config | report | policy explain."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", parents=[common], help="what compression saved, per modality and codec, from the index")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the savings per modality (needs matplotlib)")
+    policy = commands.add_parser("policy", parents=[common], help="the compression policy ([[policy.rules]])")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_commands.add_parser(
+        "explain", parents=[common], help="the rule each file matches, what it does, and the measured sizes")
+    explain.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    explain.add_argument("--calling-ae", default="", metavar="AET", help="match calling_ae rules as this AE title")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(settings)
     if args.command == "report":
         return _report(settings, as_json=args.json, plot=args.plot)
+    if args.command == "policy":
+        return _explain(settings, args.files, calling_ae=args.calling_ae, as_json=args.json)
     return 2
 
 
@@ -168,6 +177,14 @@ def _report(settings: Settings, *, as_json: bool, plot: Path | None) -> int:
             print(f"pacs-gateway: {exc}", file=sys.stderr)
             return 2
     return 0
+
+
+def _explain(settings: Settings, files: list[Path], *, calling_ae: str, as_json: bool) -> int:
+    from gateway import policy_explain
+
+    rows = [policy_explain.explain(path, settings.policy.rules, calling_ae) for path in files]
+    sys.stdout.write(policy_explain.as_json(rows) if as_json else policy_explain.as_table(rows))
+    return 1 if any(row.rule is None for row in rows) else 0
 
 
 if __name__ == "__main__":
