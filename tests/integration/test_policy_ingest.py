@@ -4,6 +4,7 @@ instance, `keep` stores pixels as received, and every instance still rebuilds by
 from __future__ import annotations
 
 import io
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -70,3 +71,20 @@ def test_other_calling_ae_falls_through_to_the_defaults(make_gateway: GatewayFac
         row = conn.execute(sa.select(Instance.policy_rule, Instance.policy_mode, Instance.storage_mode)).one()
     assert (row.policy_rule, row.policy_mode) == ("builtin-default", "lossless")
     assert StorageMode(row.storage_mode) is StorageMode.COMPRESSED
+
+
+def test_dcmtk_storescu_calling_ae_selects_the_rule(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    # DCMTK's storescu, a real peer in its own process, sets the calling AE title.
+    gateway = make_gateway("", policy={"rules": [{"name": "scanner-keep", "calling_ae": ["CT_ROOM?"], "mode": "keep"}]})
+    path = FILES["ct"]
+    path = with_file_meta(path, tmp_path) if needs_new_meta(path) else path
+    sent = subprocess.run(
+        ["storescu", "-aet", "CT_ROOM2", "-aec", "PACSGW", "-xi", "-R", "-nh", "127.0.0.1",
+         str(gateway.dicom_port), str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert sent.returncode == 0, sent.stderr
+    with gateway.engine.connect() as conn:
+        row = conn.execute(sa.select(Instance.policy_rule, Instance.policy_mode, Instance.storage_mode)).one()
+    assert (row.policy_rule, row.policy_mode) == ("scanner-keep", "keep")
+    assert StorageMode(row.storage_mode) is StorageMode.AS_RECEIVED
