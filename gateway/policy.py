@@ -191,6 +191,9 @@ def decide(facts: HeaderFacts, calling_ae: str, rules: tuple[PolicyRule, ...]) -
         mode, reason = "keep", "input in a lossy transfer syntax"
     elif mode == "roi-hybrid" and facts.lossy_compressed:
         mode, reason = "lossless", "input already lossy (Lossy Image Compression 01)"
+    elif mode == "roi-hybrid" and (facts.photometric or "").upper() == "PALETTE COLOR":
+        # An error bound on palette indices bounds nothing on the colours they look up.
+        mode, reason = "lossless", "palette colour indices"
     return PolicyDecision(
         rule_name=rule.name,
         mode=mode,

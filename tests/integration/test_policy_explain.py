@@ -96,3 +96,21 @@ def test_unreadable_file_is_reported_and_fails(tmp_path: Path) -> None:
     rows = json.loads(result.stdout)
     assert rows[0]["rule"] is None and "File Meta" in rows[0]["note"]
     assert rows[1]["rule"] == "builtin-mg"
+
+
+def test_encapsulated_lossless_input_is_decoded_for_the_roi_figures(tmp_path: Path) -> None:
+    jpeg_lossless = CORPUS_DIR / "cr" / "wg04_rg2_cr_jpeg_lossless.dcm"
+    palette = CORPUS_DIR / "us" / "philips_palette_rle.dcm"
+    config = tmp_path / "all.toml"
+    config.write_text('[logging]\nformat = "text"\n[[policy.rules]]\nname = "all"\nmode = "roi-hybrid"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--config", str(config), "policy", "explain", "--json",
+         str(jpeg_lossless), str(palette)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    cr, us = json.loads(result.stdout)
+    roi = cr["roi_hybrid"]
+    assert roi is not None and roi["max_error"] == 2 and roi["max_error_outside"] <= 2
+    assert roi["bytes"] < cr["pixel_bytes"] and 0 < roi["roi_fraction"] < 1
+    assert (us["mode"], us["reason"], us["roi_hybrid"]) == ("lossless", "palette colour indices", None)

@@ -104,6 +104,9 @@ def test_lossy_input_is_never_compressed_lossily() -> None:
     decision = decide(HeaderFacts.of(header), "A", hybrid)
     assert (decision.mode, decision.ingest_budget) == ("lossless", "ingest")
     assert decision.reason is not None and "Lossy Image Compression" in decision.reason
+    # Palette indices: a bounded index error is an unbounded colour error.
+    palette = decide(facts(CORPUS_DIR / "us" / "philips_palette_rle.dcm"), "A", hybrid)
+    assert (palette.mode, palette.reason) == ("lossless", "palette colour indices")
     # Lossless and keep rules are not changed by lossy input.
     assert decide(facts(J2K_LOSSY), "A", (rule("l"),)).mode == "lossless"
 
