@@ -165,3 +165,9 @@ def test_rule_names_are_unique_and_builtin_names_reserved(tmp_path: Path) -> Non
         _load(tmp_path, '[[policy.rules]]\nname = "builtin-default"\n')
     with pytest.raises(ConfigError, match="policy.rules.0.name"):
         _load(tmp_path, '[[policy.rules]]\nmode = "keep"\n')
+
+
+def test_rules_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACSGW_POLICY__RULES", '[{"name": "env-keep", "modality": ["MR"], "mode": "keep"}]')
+    rules = load_settings(None).policy.rules
+    assert decide(facts(MR), "A", rules).rule_name == "env-keep"
