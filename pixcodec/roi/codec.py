@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
-import _CharLS  # pyjpegls' extension: its encode takes the near-lossless bound and the precision
 import jpeg_ls
 import numpy as np
 import numpy.typing as npt
 import zstandard
 
 from ..base import CodecError, CorruptBitstream, PixelSpec, UnsupportedPixelSpec, VerificationFailed
+from ..standard.jpeg_ls import charls_encode
 from .masks import Mask
 
 __all__ = [
@@ -59,7 +59,6 @@ _FIELDS = struct.Struct("<IIBBBBBBHHIIIIII")
 _CRC = struct.Struct("<I")
 _MAX_HEADER = 256
 _EOI = b"\xff\xd9"
-_MIN_SOURCE_BYTES = 1024  # see pixcodec/standard/jpeg_ls.py: pyjpegls' output buffer is 2x the input
 _ZSTD_LEVEL = 19  # for the mask and the high bits: both are small or highly redundant
 # The first byte of a correction section: how its residuals are coded. Part of the format.
 _CORRECTION_ZSTD = 0
@@ -447,20 +446,7 @@ def _verify(blob: bytes, frame: npt.NDArray[np.integer], spec: PixelSpec, mask: 
 
 
 def _jls_encode(values: npt.NDArray[np.unsignedinteger], near: int, precision: int, spec: PixelSpec) -> bytes:
-    source = np.ascontiguousarray(values).tobytes()
-    padding = max(0, _MIN_SOURCE_BYTES - len(source))
-    interleave = 2 if spec.samples_per_pixel > 1 else 0
-    for attempt in range(2):
-        try:
-            stream = _CharLS._encode(source + bytes(padding) if padding else source, near, interleave,
-                                     spec.rows, spec.columns, spec.samples_per_pixel, precision)
-            return bytes(stream)
-        except (RuntimeError, ValueError) as exc:
-            if attempt == 0 and "too small" in str(exc):
-                padding = 3 * len(source) + _MIN_SOURCE_BYTES
-                continue
-            raise CodecError(f"JPEG-LS encoding (NEAR {near}) failed: {exc}") from exc
-    raise CodecError("JPEG-LS encoding failed")  # pragma: no cover - the loop returns or raises
+    return charls_encode(values, spec, precision, near)
 
 
 def _jls_decode(stream: bytes, spec: PixelSpec, precision: int, near: int) -> npt.NDArray[np.unsignedinteger]:

@@ -46,21 +46,7 @@ class JpegLsCodec:
         precision = max(2, spec.bits_stored)
         # pyjpegls reads one byte per sample when P <= 8, whatever Bits Allocated says.
         samples = frame.astype(np.uint8) if precision <= 8 and frame.dtype != np.uint8 else frame
-        source = np.ascontiguousarray(samples).tobytes()
-        padding = max(0, _MIN_SOURCE_BYTES - len(source))
-        interleave = 2 if spec.samples_per_pixel > 1 else 0  # sample-interleaved, as the frames arrive
-        for attempt in range(2):
-            try:
-                stream = _CharLS._encode(source + bytes(padding) if padding else source, 0, interleave,
-                                         spec.rows, spec.columns, spec.samples_per_pixel, precision)
-                return bytes(stream)
-            except (RuntimeError, ValueError) as exc:
-                if attempt == 0 and "too small" in str(exc):
-                    # Incompressible noise can exceed the 2x output buffer: give it 8x.
-                    padding = 3 * len(source) + _MIN_SOURCE_BYTES
-                    continue
-                raise CodecError(f"JPEG-LS encoding failed: {exc}") from exc
-        raise CodecError("JPEG-LS encoding failed")  # pragma: no cover - the loop returns or raises
+        return charls_encode(samples, spec, precision)
 
     def decode(self, payload: bytes, spec: PixelSpec) -> npt.NDArray[np.unsignedinteger]:
         # CharLS spends seconds on a truncated stream before it gives up; CharLS ends every one with EOI.
@@ -89,3 +75,23 @@ def _check_jpeg_ls_header(info: dict[str, Any], spec: PixelSpec) -> None:
     for key, value in expected.items():
         if info.get(key) != value:
             raise CorruptBitstream(f"JPEG-LS header has {key} {info.get(key)!r}, expected {value}")
+
+
+def charls_encode(samples: npt.NDArray[np.unsignedinteger], spec: PixelSpec, precision: int, near: int = 0) -> bytes:
+    """CharLS on `samples` (one byte per sample when `precision` <= 8), sample-interleaved as the
+    frames arrive; `near` is the near-lossless bound (0: lossless)."""
+    source = np.ascontiguousarray(samples).tobytes()
+    padding = max(0, _MIN_SOURCE_BYTES - len(source))
+    interleave = 2 if spec.samples_per_pixel > 1 else 0
+    for attempt in range(2):
+        try:
+            stream = _CharLS._encode(source + bytes(padding) if padding else source, near, interleave,
+                                     spec.rows, spec.columns, spec.samples_per_pixel, precision)
+            return bytes(stream)
+        except (RuntimeError, ValueError) as exc:
+            if attempt == 0 and "too small" in str(exc):
+                # Incompressible noise can exceed the 2x output buffer: give it 8x.
+                padding = 3 * len(source) + _MIN_SOURCE_BYTES
+                continue
+            raise CodecError(f"JPEG-LS encoding (NEAR {near}) failed: {exc}") from exc
+    raise CodecError("JPEG-LS encoding failed")  # pragma: no cover - the loop returns or raises
