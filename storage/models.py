@@ -213,3 +213,60 @@ class BlobChunk(Base):
     )
     seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
+class ArchiveWork(Base):
+    """Archive recompression of one instance revision: queued once its series has gone quiet.
+
+    The row is the whole memory of the work, so a restart resumes it: `running` rows whose lease
+    has expired belong to a worker that died and are claimed again.
+    """
+
+    __tablename__ = "archive_work"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "state IN ('pending', 'running', 'done', 'kept', 'skipped', 'failed')", name="state"
+        ),
+        sa.CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    )
+
+    instance_pk: Mapped[int] = mapped_column(
+        BigId, sa.ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    # pending | running | done (swapped) | kept (not smaller) | skipped (superseded) | failed
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    attempts: Mapped[int]
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    codec_id: Mapped[str | None] = mapped_column(sa.String(32))
+    codec_version: Mapped[int | None]
+    size_before: Mapped[int | None] = mapped_column(sa.BigInteger)
+    size_after: Mapped[int | None] = mapped_column(sa.BigInteger)
+    last_error: Mapped[str | None] = mapped_column(sa.String(200))
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class ArchiveControl(Base):
+    """The archive worker's one row of shared state: the pause flag and how far it has looked."""
+
+    __tablename__ = "archive_control"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    paused: Mapped[bool]
+    # Every instance with a smaller id has been queued or found ineligible, so a poll reads only
+    # the rows received since, never the whole table.
+    scanned_through: Mapped[int] = mapped_column(sa.BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class RetiredBlob(Base):
+    """A blob an archive swap replaced: kept until `delete_after`, so that a retrieval which
+    located it just before the swap can still read it; the sweeper leaves it alone until then."""
+
+    __tablename__ = "retired_blobs"
+    __table_args__ = (sa.UniqueConstraint("blob_store", "blob_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    blob_store: Mapped[str]
+    blob_key: Mapped[str]
+    delete_after: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
