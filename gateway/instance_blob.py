@@ -17,14 +17,14 @@ import hashlib
 import io
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 
 from gateway.pixels import NativeLayout
-from pixcodec import CodecError, ContainerReader, ContainerWriter, FrameCodec
+from pixcodec import CodecError, ContainerReader, ContainerWriter, FrameCodec, PixelSpec, roi
 from pixcodec.decide import Budget, Decision, decide, probe_index
 
 MAGIC = b"PGWBLOB1"
@@ -33,6 +33,8 @@ _CHUNK = 1 << 20
 _FOOTER_LEN = struct.Struct("<I")
 _ZSTD_LEVEL = 3
 _MAX_FOOTER = 1 << 20
+_FRAME_COUNT = struct.Struct("<I")
+ROI_CODEC_ID = "roi-hybrid"
 
 
 class BlobFormatError(Exception):
@@ -44,6 +46,9 @@ class PixelMode(enum.StrEnum):
     VERBATIM = "verbatim"
     ZSTD = "zstd"
     PIXCODEC = "pixcodec"
+    # Frames coded ROI-hybrid (pixcodec.roi) before the blob is written: exact inside each frame's
+    # mask, within its bound outside. The dataset this mode rebuilds is the derived one.
+    ROI_HYBRID = "roi-hybrid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +159,15 @@ class PixelPlan:
     """How the pixel value of one dataset is to be stored.
 
     For PIXCODEC, either a `budget` (the mode decision picks the codec on a probe frame) or a
-    fixed `codec`.
+    fixed `codec`. For ROI_HYBRID, `roi_frames` holds each frame already coded by pixcodec.roi;
+    the source's pixel value must be exactly their decoded frames (plus the layout's tail).
     """
 
     mode: PixelMode
     layout: NativeLayout | None = None
     budget: Budget | None = None
     codec: FrameCodec | None = None
+    roi_frames: tuple[bytes, ...] = ()
 
 
 def write_instance_blob(
@@ -227,6 +234,18 @@ def write_instance_blob(
         codec_id, codec_version = codec.codec_id, codec.bitstream_version
         if decision is not None and plan.budget is not None:
             extra = {"budget": plan.budget.name, "candidate": decision.candidate.name}
+    elif mode is PixelMode.ROI_HYBRID:
+        layout = plan.layout
+        if layout is None or len(plan.roi_frames) != layout.frames:
+            raise ValueError("roi-hybrid storage needs a layout and one coded blob per frame")
+        out.write(_FRAME_COUNT.pack(layout.frames))
+        for coded in plan.roi_frames:
+            out.write(_FRAME_COUNT.pack(len(coded)))
+            out.write(coded)
+        src.seek(absolute + layout.frames_nbytes)
+        tail = src.read(value_len - layout.frames_nbytes)
+        layout_record = LayoutRecord(layout.dtype, layout.planar, layout.swap_pairs, layout.samples, tail.hex())
+        codec_id, codec_version = ROI_CODEC_ID, roi.FORMAT_VERSION
     footer = Footer(
         format=FORMAT_VERSION,
         dataset_length=dataset_length,
@@ -348,12 +367,52 @@ def _emit_pixel_value(fp: IO[bytes], footer: Footer, start: int, emit: Callable[
     elif mode is PixelMode.ZSTD:
         reader = zstandard.ZstdDecompressor().stream_reader(section, read_across_frames=True)
         _copy_stream(reader, footer.pixel_value_length, emit)
+    elif mode is PixelMode.ROI_HYBRID:
+        for frame, _mask, spec in iter_roi_frames(section):
+            emit(_roi_layout(footer, spec).frame_to_bytes(frame))
+        emit(bytes.fromhex(footer.layout.tail_hex if footer.layout else ""))
     else:
         container = ContainerReader(cast(BinaryIO, section))
         layout = _layout_for(footer, container)
         for frame in container.frames():
             emit(layout.frame_to_bytes(frame))
         emit(bytes.fromhex(footer.layout.tail_hex if footer.layout else ""))
+
+
+def iter_roi_frames(section: IO[bytes]) -> Iterator[tuple[Any, Any, PixelSpec]]:
+    """The decoded frames of a ROI-hybrid pixel section with their masks and specs; each frame is
+    checked against its own checksum by the decoder."""
+    (count,) = _FRAME_COUNT.unpack(_read_exactly(section, _FRAME_COUNT.size))
+    for _ in range(count):
+        (length,) = _FRAME_COUNT.unpack(_read_exactly(section, _FRAME_COUNT.size))
+        coded = _read_exactly(section, length)
+        frame, mask = roi.decode(coded)
+        yield frame, mask, roi.read_header(coded).spec
+
+
+def _read_exactly(section: IO[bytes], length: int) -> bytes:
+    data = section.read(length)
+    if len(data) != length:
+        raise BlobFormatError("roi-hybrid pixel section shorter than recorded")
+    return data
+
+
+def _roi_layout(footer: Footer, spec: PixelSpec) -> NativeLayout:
+    record = footer.layout
+    if record is None:
+        raise BlobFormatError("roi-hybrid blob without a layout record")
+    return NativeLayout(rows=spec.rows, columns=spec.columns, samples=record.samples, frames=1,
+                        bits_allocated=spec.bits_allocated, dtype=record.dtype, planar=record.planar,
+                        swap_pairs=record.swap_pairs, spec=spec)
+
+
+def roi_masks(fp: IO[bytes]) -> list[Any]:
+    """The stored mask of each frame of a ROI-hybrid blob: the pixels kept exact."""
+    footer, shell_start = read_footer(fp)
+    if footer.pixel_mode is not PixelMode.ROI_HYBRID:
+        raise BlobFormatError(f"not a ROI-hybrid blob (pixel mode {footer.pixel_mode.value})")
+    section = cast(IO[bytes], Section(fp, shell_start + footer.shell_stored_length, footer.pixel_stored_length))
+    return [mask for _frame, mask, _spec in iter_roi_frames(section)]
 
 
 def rebuild_bytes(fp: IO[bytes]) -> bytes:

@@ -34,6 +34,9 @@ class RoiParams(_Model):
     """ROI-hybrid: exact inside the region of interest, at most `max_error` off outside it."""
 
     max_error: Annotated[int, Field(ge=1, le=16)] = 2
+    # An instance is only made lossy (new UID, DERIVED) when that saves at least this share of
+    # its lossless JPEG-LS size; below it, the exact instance is worth more than the bytes.
+    min_saving: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     roi_source: Literal["auto", "rectangles"] = "auto"
     rectangles: tuple[Rectangle, ...] = ()
 

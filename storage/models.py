@@ -163,6 +163,14 @@ class Instance(Base):
     # NULL for rows stored before the policy existed.
     policy_rule: Mapped[str | None] = mapped_column(sa.String(48))
     policy_mode: Mapped[str | None] = mapped_column(sa.String(16))
+    # ROI-hybrid instances are derived ones: the UID the modality sent (C-FIND and retrieval by that
+    # UID find them), and the figures of what the coding altered; NULL for every other instance.
+    source_sop_instance_uid: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    roi_fraction: Mapped[float | None] = mapped_column(sa.Float)
+    roi_max_error: Mapped[int | None]
+    roi_psnr_db: Mapped[float | None] = mapped_column(sa.Float)
+    roi_psnr_outside_db: Mapped[float | None] = mapped_column(sa.Float)
+    roi_ratio: Mapped[float | None] = mapped_column(sa.Float)
 
     blob_store: Mapped[str]
     blob_key: Mapped[str]

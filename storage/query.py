@@ -212,6 +212,10 @@ def _conditions(query: LevelQuery) -> list[sa.ColumnElement[bool]]:
                 )
             continue
         clause = to_sql(INDEXED_KEYS[keyword].match_column, matcher)
+        if clause is not None and keyword == "SOPInstanceUID":
+            # A derived (ROI-hybrid) instance still answers to the UID its modality sent.
+            source = to_sql(Instance.source_sop_instance_uid, matcher)
+            clause = sa.or_(clause, source) if source is not None else clause
         if clause is not None:
             clauses.append(clause)
     if query.study_datetime is not None:

@@ -97,6 +97,20 @@ class InstanceAttrs:
     compression_fallback: str | None = None
     policy_rule: str | None = None  # the compression policy rule that matched
     policy_mode: str | None = None  # what it did: lossless | roi-hybrid | keep
+    # ROI-hybrid: this instance was derived from the received one, which had this UID.
+    source_sop_instance_uid: str | None = None
+    roi: RoiRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoiRecord:
+    """What ROI-hybrid coding did to an instance's pixels, as verified at ingest."""
+
+    fraction: float  # share of sample values inside the region kept exact
+    max_error_outside: int  # largest absolute error outside it (at most the rule's bound)
+    psnr_db: float | None  # over every sample value; None when infinite (nothing changed)
+    psnr_outside_db: float | None  # over the values outside the region
+    ratio: float  # native Pixel Data bytes / coded bytes (Lossy Image Compression Ratio)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.metrics import Metrics, modality_label
 from gateway.policy import PolicyRule
 from gateway.services.pool import CodecPool, WorkerLost
 from gateway.services.prepare import Fallback, IngestJob, PreparedInstance, prepare, run_job
+from pixcodec.roi import RoiFigures
 from storage.blobs.base import BlobStore, BlobStoreError
 from storage.db import IndexUnavailable
 from storage.index import SqlIndex
@@ -28,12 +30,30 @@ from storage.records import (
     InstanceMeta,
     RecordOutcome,
     RecordResult,
+    RoiRecord,
     StorageMode,
 )
 
 log = logging.getLogger(__name__)
 
-_STORAGE_MODE = {PixelMode.NONE: StorageMode.NO_PIXELS, PixelMode.PIXCODEC: StorageMode.COMPRESSED}
+_STORAGE_MODE = {
+    PixelMode.NONE: StorageMode.NO_PIXELS,
+    PixelMode.PIXCODEC: StorageMode.COMPRESSED,
+    PixelMode.ROI_HYBRID: StorageMode.COMPRESSED,
+}
+
+
+def _roi_record(figures: RoiFigures) -> RoiRecord:
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    return RoiRecord(
+        fraction=figures.roi_fraction,
+        max_error_outside=figures.max_error_outside,
+        psnr_db=finite(figures.psnr_db),
+        psnr_outside_db=finite(figures.psnr_outside_db),
+        ratio=figures.ratio,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +158,8 @@ class IngestService:
                 compression_fallback=prepared.fallback.value if prepared.fallback else None,
                 policy_rule=prepared.policy.rule_name if prepared.policy else None,
                 policy_mode=prepared.policy.mode if prepared.policy else None,
+                source_sop_instance_uid=prepared.source_sop_instance_uid,
+                roi=_roi_record(prepared.roi) if prepared.roi is not None else None,
             ),
         )
         try:

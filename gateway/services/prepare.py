@@ -10,7 +10,7 @@ import enum
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ from gateway.instance_blob import BlobFormatError, Footer, PixelMode, PixelPlan,
 from gateway.metadata import HeaderAttrs, extract
 from gateway.pixels import native_layout
 from gateway.policy import HeaderFacts, PolicyDecision, PolicyRule, decide
+from gateway.services.roi_ingest import NotCoded, RoiCoded, code_instance
+from pixcodec import CodecError
+from pixcodec.roi import RoiFigures
 from gateway.received import ReceivedDataset, dataset_sha256, open_received
 from pixcodec.decide import budget_named
 
@@ -73,6 +76,9 @@ class PreparedInstance:
     planned_codec_id: str | None  # the codec that was tried, also when it was not kept
     candidate: str | None  # the mode decision's winner (codec and settings), when it ran
     policy: PolicyDecision | None = None  # None when the job carried no rules
+    # ROI-hybrid: the received instance's UID (attrs describe the derived instance) and the figures.
+    source_sop_instance_uid: str | None = None
+    roi: RoiFigures | None = None
 
 
 def prepare(job: IngestJob) -> PreparedInstance:
@@ -85,8 +91,12 @@ def prepare(job: IngestJob) -> PreparedInstance:
     budget = job.budget
     if job.rules is not None:
         policy = decide(HeaderFacts.of(received.header, str(received.transfer_syntax)), job.calling_ae_title, job.rules)
-        # ROI-hybrid is not coded at ingest: such instances are stored losslessly at the rule's budget.
         budget = policy.ingest_budget if budget is not None else None
+    if policy is not None and policy.roi is not None and budget is not None:
+        coded, why_not = _roi_hybrid(received, policy, job)
+        if coded is not None:
+            return _store_derived(coded, received, job, policy)
+        policy = replace(policy, mode="lossless", roi=None, reason=why_not)
     plan, pixel_digest = _plan(received, budget)
     fallback: Fallback | None = None
     detail: str | None = None
@@ -127,6 +137,63 @@ def prepare(job: IngestJob) -> PreparedInstance:
         planned_codec_id=planned,
         candidate=footer.extra.get("candidate") if footer is not None else None,
         policy=policy,
+    )
+
+
+def _roi_hybrid(received: ReceivedDataset, policy: PolicyDecision, job: IngestJob) -> tuple[RoiCoded | None, str]:
+    """The derived instance, or None and why the instance is to be stored losslessly instead."""
+    assert policy.roi is not None
+    try:
+        return code_instance(received, policy.roi, _derived_path(job)), ""
+    except NotCoded as exc:
+        why_not = str(exc)
+        log.info("ROI-hybrid not applied, storing losslessly: %s", why_not)
+    except (CodecError, PixelDataInconsistent) as exc:
+        why_not = f"ROI-hybrid coding failed: {type(exc).__name__}"
+        log.warning("ROI-hybrid coding failed, storing losslessly: %s: %s", type(exc).__name__, exc)
+    _derived_path(job).unlink(missing_ok=True)
+    return None, why_not
+
+
+def _derived_path(job: IngestJob) -> Path:
+    return job.blob_path.with_name(job.blob_path.name + ".derived")
+
+
+def _store_derived(coded: RoiCoded, received: ReceivedDataset, job: IngestJob,
+                   policy: PolicyDecision) -> PreparedInstance:
+    """Write and verify the blob of the derived instance; the received one is its source."""
+    derived = coded.derived
+    try:
+        attrs = extract(derived.header)
+        digest = dataset_sha256(derived)
+        attempt = _Attempt()
+        try:
+            _write_and_verify(derived, job.blob_path, digest, coded.plan, attempt)
+        except BlobFormatError as exc:
+            raise OutOfResources(f"the ROI-hybrid blob does not rebuild: {exc}") from exc
+    finally:
+        derived.path.unlink(missing_ok=True)
+    footer = attempt.footer
+    assert footer is not None
+    return PreparedInstance(
+        attrs=attrs,
+        transfer_syntax_uid=str(derived.transfer_syntax),
+        pixel_mode=coded.plan.mode,
+        codec_id=footer.codec_id,
+        codec_version=footer.codec_version,
+        original_size=received.dataset_length,
+        blob_size=job.blob_path.stat().st_size,
+        dataset_sha256=digest,
+        pixel_sha256=coded.pixel_sha256,
+        encode_seconds=attempt.encode_seconds,
+        verify_seconds=attempt.verify_seconds,
+        fallback=None,
+        fallback_detail=None,
+        planned_codec_id=footer.codec_id,
+        candidate=None,
+        policy=policy,
+        source_sop_instance_uid=coded.source_sop_instance_uid,
+        roi=coded.figures,
     )
 
 

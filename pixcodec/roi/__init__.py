@@ -5,7 +5,18 @@
 against it, and `figures` measures the result. All are pure functions on numpy arrays.
 """
 
-from .codec import LOSSY_METHOD, Layout, RoiHeader, decode, encode, read_header, stored_values
+from .codec import (
+    FORMAT_VERSION,
+    LOSSY_METHOD,
+    Encoded,
+    Layout,
+    RoiHeader,
+    decode,
+    encode,
+    encode_measured,
+    read_header,
+    stored_values,
+)
 from .figures import RoiFigures, combine, lossy_attributes, measure
 from .geometry import ImagePlane, contours_mask, rescale_of, rtstruct_contours, seg_frames_for_image, seg_frames_mask
 from .masks import (
@@ -25,7 +36,9 @@ from .masks import (
 
 __all__ = [
     "DEFAULT_MARGIN",
+    "FORMAT_VERSION",
     "LOSSY_METHOD",
+    "Encoded",
     "ImagePlane",
     "Layout",
     "Rect",
@@ -41,6 +54,7 @@ __all__ = [
     "dilate",
     "display_grey",
     "encode",
+    "encode_measured",
     "lossy_attributes",
     "measure",
     "mr_foreground_mask",

@@ -33,10 +33,12 @@ __all__ = [
     "LOSSY_METHOD",
     "MAGIC",
     "MAX_ERROR_LIMIT",
+    "Encoded",
     "Layout",
     "RoiHeader",
     "decode",
     "encode",
+    "encode_measured",
     "read_header",
     "stored_values",
 ]
@@ -115,8 +117,20 @@ def stored_values(frame: npt.NDArray[np.integer], spec: PixelSpec) -> npt.NDArra
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    blob: bytes
+    lossless_bytes: int  # the whole frame's JPEG-LS lossless stream, the baseline the blob competes with
+
+
 def encode(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_error: int, *,
            layouts: Iterable[Layout] | None = None) -> bytes:
+    """`encode_measured`, for callers that only want the blob."""
+    return encode_measured(frame, spec, mask, max_error, layouts=layouts).blob
+
+
+def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_error: int, *,
+                    layouts: Iterable[Layout] | None = None) -> Encoded:
     """Code `frame`: pixels where `mask` is True exactly, the rest within `max_error`.
 
     `mask` has shape (rows, columns) and applies to every sample of a pixel. The smallest of
@@ -153,7 +167,7 @@ def encode(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_erro
     blob = _assemble(spec, layout, max_error, near if layout is not Layout.LOSSLESS else 0,
                      mask_section, base, extra, high_section)
     _verify(blob, frame, spec, mask, max_error)
-    return blob
+    return Encoded(blob, len(candidates[0][1]))
 
 
 def decode(blob: bytes) -> tuple[npt.NDArray[np.integer], Mask]:

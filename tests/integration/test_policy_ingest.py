@@ -44,8 +44,8 @@ def test_rule_and_mode_are_stored_per_instance(make_gateway: GatewayFactory, db_
     got = {key: (rows[uid].policy_rule, rows[uid].policy_mode) for key, uid in uid_of.items()}
     assert got == {
         "mr": ("mr-keep", "keep"),
-        # ROI-hybrid rules are coded losslessly at ingest; the rule is recorded with its mode.
-        "ct": ("ct-hybrid", "roi-hybrid"),
+        # The automatic CT region covers this whole 8-bit slice: nothing may be lossy, so lossless.
+        "ct": ("ct-hybrid", "lossless"),
         "ct-lossy": ("ct-hybrid", "keep"),  # lossy input is never coded lossily again
         "mg": ("builtin-mg", "lossless"),
     }

@@ -1,0 +1,183 @@
+"""ROI-hybrid coding of a received instance at ingest: the derived dataset and its coded frames.
+
+Each frame gets its mask (the policy's rectangles, or the modality's automatic region plus any
+overlay planes), is coded by pixcodec.roi, decoded again and measured against the received frame:
+inside the mask every value must be equal, outside none may be further off than the rule's bound.
+Only then is the derived instance written: the received dataset with the decoded pixels and the
+attributes of a lossy derivation (gateway.derived). Instances where coding alters nothing are
+left to the lossless path, so no instance is marked lossy without a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+
+from gateway import syntaxes
+from gateway.derived import LossyStep, apply_lossy_step, derived_uid
+from gateway.instance_blob import PixelMode, PixelPlan
+from gateway.pixels import NativeLayout, native_layout
+from gateway.policy import RoiParams
+from gateway.received import ReceivedDataset, open_received
+from pixcodec import PixelSpec, VerificationFailed, roi
+from pixcodec.roi import RoiFigures
+
+log = logging.getLogger(__name__)
+
+ROI_STEP = "roi-hybrid"
+
+
+@dataclass(frozen=True, slots=True)
+class RoiCoded:
+    """A derived instance ready to be written as a blob, and what coding it cost."""
+
+    derived: ReceivedDataset  # the derived dataset, in its own spool file
+    plan: PixelPlan
+    figures: RoiFigures
+    source_sop_instance_uid: str
+    pixel_sha256: str  # of the derived (decoded) frames, little endian
+
+
+class NotCoded(Exception):
+    """ROI-hybrid coding does not apply to this instance; the message says why (for the log)."""
+
+
+def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Path) -> RoiCoded:
+    """Code every frame of a native instance ROI-hybrid and write the derived dataset.
+
+    Raises NotCoded when the instance is to be stored losslessly instead (encapsulated or big
+    endian pixels, a layout the codec does not take, or a mask that leaves nothing outside), and
+    VerificationFailed if a decoded frame breaks either guarantee.
+    """
+    pixel = received.pixel
+    syntax = received.transfer_syntax
+    if pixel is None or pixel.encapsulated or syntaxes.is_encapsulated(syntax):
+        raise NotCoded("pixel data not native")
+    if not syntax.is_little_endian:
+        raise NotCoded("big endian pixel data")
+    layout = native_layout(received.header, syntax, pixel)
+    if layout is None:
+        raise NotCoded("pixel layout not coded by the ROI-hybrid codec")
+    masks = _MaskSource(received.header, layout.spec, params)
+    coded: list[bytes] = []
+    decoded: list[npt.NDArray[np.integer]] = []
+    parts: list[RoiFigures] = []
+    lossless_bytes = 0
+    with received.path.open("rb") as fp:
+        fp.seek(received.dataset_offset + pixel.value_start)
+        for _ in range(layout.frames):
+            frame = layout.frame_from_bytes(fp.read(layout.frame_nbytes))
+            mask = masks.mask(frame)
+            encoded = roi.encode_measured(frame, layout.spec, mask, params.max_error)
+            blob, lossless_bytes = encoded.blob, lossless_bytes + encoded.lossless_bytes
+            restored, _ = roi.decode(blob)
+            figures = roi.measure(frame, restored, mask, layout.spec, len(blob))
+            if figures.max_error_inside != 0 or figures.max_error_outside > params.max_error:
+                raise VerificationFailed(
+                    f"ROI-hybrid frame off by {figures.max_error_inside} inside, "
+                    f"{figures.max_error_outside} outside (bound {params.max_error})")
+            coded.append(blob)
+            decoded.append(restored)
+            parts.append(figures)
+    total = roi.combine(parts, layout.spec)
+    if total.roi_fraction == 1.0:
+        raise NotCoded("the region of interest covers the whole image")
+    saving = 1.0 - total.compressed_bytes / max(lossless_bytes, 1)
+    if total.lossless or saving < params.min_saving:
+        raise NotCoded(f"ROI-hybrid saves {100 * max(saving, 0.0):.1f} % over lossless here, "
+                       f"under the rule's {100 * params.min_saving:.0f} %")
+    source_uid = str(received.header.SOPInstanceUID)
+    _write_derived(received, layout, decoded, total, masks.description, params, derived_path)
+    derived = open_received(derived_path)
+    derived_layout = native_layout(derived.header, derived.transfer_syntax, derived.pixel) if derived.pixel else None
+    if derived_layout is None or derived_layout.frames != layout.frames:
+        raise VerificationFailed("the derived dataset's pixel layout differs from the coded frames")
+    digest = hashlib.sha256()
+    for frame in decoded:
+        digest.update(frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes())
+    return RoiCoded(
+        derived=derived,
+        plan=PixelPlan(PixelMode.ROI_HYBRID, derived_layout, roi_frames=tuple(coded)),
+        figures=total,
+        source_sop_instance_uid=source_uid,
+        pixel_sha256=digest.hexdigest(),
+    )
+
+
+class _MaskSource:
+    """The mask of each frame: configured rectangles, or the automatic region and overlays."""
+
+    def __init__(self, header: Dataset, spec: PixelSpec, params: RoiParams) -> None:
+        self._spec, self._params = spec, params
+        self._modality = str(header.get("Modality", "")).strip().upper()
+        self._slope, self._intercept = roi.rescale_of(header)
+        shape = (spec.rows, spec.columns)
+        self._fixed: npt.NDArray[np.bool_] | None = None
+        if params.roi_source == "rectangles":
+            rects = [roi.Rect(top, left, rows, columns) for top, left, rows, columns in params.rectangles]
+            self._fixed = roi.rectangles_mask(shape, rects)
+            self.description = "configured rectangles"
+        else:
+            self.description = f"automatic {self._modality or 'unknown modality'} region"
+        self._overlays = _overlay_mask(header, shape)
+        if self._overlays is not None:
+            self.description += " and overlay planes"
+
+    def mask(self, frame: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
+        spec = self._spec
+        if self._fixed is not None:
+            mask = self._fixed.copy()
+        else:
+            mask = roi.automatic_mask(frame, self._modality, photometric=spec.photometric,
+                                      bits_stored=spec.bits_stored, slope=self._slope, intercept=self._intercept)
+        if self._overlays is not None:
+            mask |= self._overlays
+        return mask
+
+
+def _overlay_mask(header: Dataset, shape: tuple[int, int]) -> npt.NDArray[np.bool_] | None:
+    """Overlay planes (60xx,3000) always stay exact: they mark what a reader annotated."""
+    planes: list[npt.NDArray[Any]] = []
+    origins: list[tuple[int, int]] = []
+    for group in range(0x6000, 0x6020, 2):
+        if (group, 0x3000) not in header:
+            continue
+        try:
+            plane = np.asarray(header.overlay_array(group))
+        except Exception as exc:  # a malformed overlay must not stop the instance from being stored
+            log.warning("overlay plane unreadable, kept out of the ROI", extra={"fields": {"error": str(exc)}})
+            continue
+        if plane.ndim == 3:  # multi-frame overlays: any frame marked keeps the pixel exact
+            plane = plane.any(axis=0)
+        origin = header.get((group, 0x0050))
+        planes.append(plane)
+        origins.append((int(origin.value[0]), int(origin.value[1])) if origin is not None else (1, 1))
+    if not planes:
+        return None
+    return roi.overlay_mask(planes, shape, origins=origins)
+
+
+def _write_derived(received: ReceivedDataset, layout: NativeLayout, frames: list[npt.NDArray[np.integer]],
+                   figures: RoiFigures, mask_description: str, params: RoiParams, path: Path) -> None:
+    dataset = pydicom.dcmread(received.path, force=True)
+    pixel = received.pixel
+    assert pixel is not None
+    with received.path.open("rb") as fp:
+        fp.seek(received.dataset_offset + pixel.value_start + layout.frames_nbytes)
+        tail = fp.read(pixel.value_length - layout.frames_nbytes)
+    dataset.PixelData = b"".join(layout.frame_to_bytes(frame) for frame in frames) + tail
+    description = (
+        f"ROI-hybrid compression: {100 * figures.roi_fraction:.1f} % of pixel values ({mask_description}) "
+        f"kept exact, the others at most {params.max_error} off (JPEG-LS near-lossless, ISO 14495-1)"
+    )
+    step = LossyStep(ratio=figures.ratio, method=roi.LOSSY_METHOD, description=description)
+    apply_lossy_step(dataset, step, derived_uid(str(dataset.SOPInstanceUID), f"{ROI_STEP}:{params.max_error}"))
+    dataset.save_as(path, enforce_file_format=True)
