@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
 
 # Every derived UID of this gateway lies under 2.25 (PS3.5 B.2): a UUID needs no registered root.
 _UID_NAMESPACE = uuid.UUID("6f6c6b1e-2a43-4d7e-9a2b-5d1f0f3c9e41")
@@ -63,7 +64,7 @@ def apply_lossy_step(dataset: Dataset, step: LossyStep, new_uid: str) -> None:
     dataset.DerivationDescription = text[-_DESCRIPTION_LIMIT:]
     dataset.SOPInstanceUID = new_uid
     if hasattr(dataset, "file_meta") and "MediaStorageSOPInstanceUID" in dataset.file_meta:
-        dataset.file_meta.MediaStorageSOPInstanceUID = new_uid
+        dataset.file_meta.MediaStorageSOPInstanceUID = UID(new_uid)
 
 
 def _values(value: object) -> list[str]:

@@ -115,6 +115,7 @@ class Metrics:
             ["modality", "budget"],
             registry=registry,
         )
+        self.roi = RoiMetrics(registry)
         self.grown_bytes = Counter(
             "pacsgw_compression_grown_bytes",
             "Blob bytes stored beyond the bytes received, for the rare instance whose blob is larger",
@@ -319,6 +320,44 @@ class Metrics:
             yield
         finally:
             histogram.labels(*labels).observe(time.perf_counter() - started)
+
+
+_PSNR_BUCKETS = (30, 35, 40, 45, 50, 55, 60, 65, 70, 80, 90, 100)
+_FRACTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_ERROR_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
+
+
+class RoiMetrics:
+    """ROI-hybrid coding at ingest: how much stayed exact, and how close the rest came."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.instances = Counter(
+            "pacsgw_roi_hybrid_instances",
+            "Instances stored ROI-hybrid (derived: lossy outside the region of interest), by modality and policy rule",
+            ["modality", "rule"],
+            registry=registry,
+        )
+        self.region = Histogram(
+            "pacsgw_roi_hybrid_region_ratio",
+            "Share of an ROI-hybrid instance's pixel values inside the region kept exact",
+            ["modality"],
+            buckets=_FRACTION_BUCKETS,
+            registry=registry,
+        )
+        self.psnr = Histogram(
+            "pacsgw_roi_hybrid_psnr_decibels",
+            "PSNR of an ROI-hybrid instance (peak of Bits Stored), over all pixel values or those outside the region",
+            ["modality", "region"],
+            buckets=_PSNR_BUCKETS,
+            registry=registry,
+        )
+        self.max_error = Histogram(
+            "pacsgw_roi_hybrid_max_error",
+            "Largest absolute error outside the region, per ROI-hybrid instance (inside it is verified 0)",
+            ["modality"],
+            buckets=_ERROR_BUCKETS,
+            registry=registry,
+        )
 
 
 class IndexSizeCollector(Collector):

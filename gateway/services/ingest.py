@@ -201,6 +201,14 @@ class IngestService:
         m.codec_output_bytes.labels(codec).inc(prepared.blob_size)
         m.codec_duration.labels(codec, "encode").observe(prepared.encode_seconds)
         m.codec_duration.labels(codec, "verify").observe(prepared.verify_seconds)
+        if prepared.roi is not None:
+            figures, rule = prepared.roi, prepared.policy.rule_name if prepared.policy else "none"
+            m.roi.instances.labels(modality, rule).inc()
+            m.roi.region.labels(modality).observe(figures.roi_fraction)
+            m.roi.max_error.labels(modality).observe(figures.max_error_outside)
+            # An infinite PSNR (nothing changed) has no bucket but +Inf, which is where it belongs.
+            m.roi.psnr.labels(modality, "all").observe(figures.psnr_db)
+            m.roi.psnr.labels(modality, "outside").observe(figures.psnr_outside_db)
         if prepared.candidate is not None and prepared.fallback is None:
             m.codec_decisions.labels(budget, prepared.candidate).inc()
         if prepared.fallback is not None and prepared.fallback is not Fallback.WORKER_LOST:

@@ -151,12 +151,12 @@ def _overlay_mask(header: Dataset, shape: tuple[int, int]) -> npt.NDArray[np.boo
         if (group, 0x3000) not in header:
             continue
         try:
-            plane = np.asarray(header.overlay_array(group))
+            plane: npt.NDArray[Any] = np.asarray(header.overlay_array(group))
         except Exception as exc:  # a malformed overlay must not stop the instance from being stored
             log.warning("overlay plane unreadable, kept out of the ROI", extra={"fields": {"error": str(exc)}})
             continue
         if plane.ndim == 3:  # multi-frame overlays: any frame marked keeps the pixel exact
-            plane = plane.any(axis=0)
+            plane = np.asarray(plane.any(axis=0))
         origin = header.get((group, 0x0050))
         planes.append(plane)
         origins.append((int(origin.value[0]), int(origin.value[1])) if origin is not None else (1, 1))
