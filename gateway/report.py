@@ -1,7 +1,5 @@
-"""`pacs-gateway report`: what compression saved, per modality and per modality and codec, from the index.
-
-There is no policy engine yet: once there is, its rule becomes one more grouping key here.
-"""
+"""`pacs-gateway report`: what compression saved, from the index: per modality, per modality and
+codec, and per modality and the compression policy rule that decided (with what it did)."""
 
 from __future__ import annotations
 
@@ -27,6 +25,7 @@ class PlotUnavailable(Exception):
 class Report:
     by_modality: Sequence[SavingsGroup]
     by_codec: Sequence[SavingsGroup]  # per modality, codec and storage mode
+    by_rule: Sequence[SavingsGroup] = ()  # per modality, policy rule and policy mode
 
     @property
     def total(self) -> SavingsGroup:
@@ -48,7 +47,8 @@ class Report:
 
 
 def build_report(engine: Engine) -> Report:
-    return Report(savings(engine, SavingsKey.MODALITY), savings(engine, SavingsKey.MODALITY_CODEC))
+    return Report(savings(engine, SavingsKey.MODALITY), savings(engine, SavingsKey.MODALITY_CODEC),
+                  savings(engine, SavingsKey.MODALITY_RULE))
 
 
 def ratio(group: SavingsGroup) -> float | None:
@@ -90,6 +90,10 @@ def as_json(report: Report) -> str:
                 **_figures(g),
             }
             for g in report.by_codec
+        ],
+        "by_rule": [
+            {"modality": g.modality, "rule": g.rule, "policy_mode": g.policy_mode, **_figures(g)}
+            for g in report.by_rule
         ],
         "total": _figures(report.total),
     }
@@ -151,6 +155,12 @@ def as_table(report: Report) -> str:
     lines += _table(["modality", *_FIGURE_HEADER], modality_rows, text_columns=1)
     lines += ["", "By modality and codec"]
     lines += _table(["modality", "codec", "mode", *_FIGURE_HEADER], codec_rows, text_columns=3)
+    rule_rows = [
+        [g.modality or _NO_KEY, g.rule or _NO_KEY, g.policy_mode or "", *_figure_cells(g)]
+        for g in report.by_rule
+    ]
+    lines += ["", "By modality and policy rule (mode: what the rule did)"]
+    lines += _table(["modality", "rule", "mode", *_FIGURE_HEADER], rule_rows, text_columns=3)
     return "\n".join(lines) + "\n"
 
 

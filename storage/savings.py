@@ -1,4 +1,5 @@
-"""What compression saved, summed by the database per modality, or per modality and codec."""
+"""What compression saved, summed by the database per modality, per modality and codec, or per
+modality and compression policy rule."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ VERIFICATION_FAILED = "verification_failed"
 class SavingsKey(enum.StrEnum):
     MODALITY = "modality"
     MODALITY_CODEC = "modality_codec"
+    MODALITY_RULE = "modality_rule"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,9 @@ class SavingsGroup:
     no_pixels: int
     verification_failures: int  # coded data that did not rebuild the received bytes (kept as received)
     fallbacks: int  # compression planned but not used, for any reason (verification failures included)
+    # Set when grouped by policy rule: the rule and what it did (None: stored before the policy existed).
+    rule: str | None = None
+    policy_mode: str | None = None
 
 
 def _count_where(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
@@ -64,6 +69,8 @@ def savings(engine: Engine, by: SavingsKey) -> list[SavingsGroup]:
     keys: tuple[Any, ...] = (Series.modality,)
     if by is SavingsKey.MODALITY_CODEC:
         keys = (Series.modality, Instance.codec_id, Instance.storage_mode)
+    elif by is SavingsKey.MODALITY_RULE:
+        keys = (Series.modality, Instance.policy_rule, Instance.policy_mode)
     statement = (
         sa.select(*keys, *figures)
         .select_from(Instance)
@@ -76,7 +83,11 @@ def savings(engine: Engine, by: SavingsKey) -> list[SavingsGroup]:
     groups = []
     for row in rows:
         values: tuple[Any, ...] = tuple(row)
-        modality, codec, mode = values[:3] if by is SavingsKey.MODALITY_CODEC else (values[0], None, None)
+        modality, codec, mode, rule, policy_mode = values[0], None, None, None, None
+        if by is SavingsKey.MODALITY_CODEC:
+            codec, mode = values[1:3]
+        elif by is SavingsKey.MODALITY_RULE:
+            rule, policy_mode = values[1:3]
         instances, revisions, original, stored, compressed, as_received, no_pixels, failures, fallbacks = (
             int(value) for value in values[len(keys):]
         )
@@ -93,5 +104,7 @@ def savings(engine: Engine, by: SavingsKey) -> list[SavingsGroup]:
             no_pixels=no_pixels,
             verification_failures=failures,
             fallbacks=fallbacks,
+            rule=rule,
+            policy_mode=policy_mode,
         ))
     return groups

@@ -105,6 +105,37 @@ def test_report_sums_what_the_index_holds_per_modality_and_codec(
         assert sum(r["original_bytes"] for r in parts) == row["original_bytes"]
 
 
+def test_report_groups_savings_by_policy_rule(
+    make_gateway: GatewayFactory, corpus: list[CorpusFile], tmp_path: Path
+) -> None:
+    files = _mixed_files(corpus)
+    rules = [
+        {"name": "ct-body", "modality": ["CT"], "mode": "roi-hybrid", "roi": {"max_error": 4}},
+        {"name": "mr-keep", "modality": ["MR"], "mode": "keep"},
+    ]
+    gateway = make_gateway(policy={"rules": rules})
+    assert set(send_files(gateway.dicom_port, [f.path for f in files]).values()) == {0x0000}
+    result = _run_report(tmp_path, gateway.settings.database_url, "--json")
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+
+    by_rule = {(row["modality"], row["rule"], row["policy_mode"]): row for row in report["by_rule"]}
+    ct = by_rule[("CT", "ct-body", "roi-hybrid")]
+    assert ct["instances"] == 3 and ct["storage_modes"]["compressed"] == 3
+    assert by_rule[("MR", "mr-keep", "keep")]["storage_modes"]["as_received"] == 2
+    assert {rule for _, rule, _ in by_rule} == {"ct-body", "mr-keep", "builtin-default"}
+    by_modality = {row["modality"]: row for row in report["by_modality"]}
+    for modality, row in by_modality.items():
+        parts = [r for (m, _, _), r in by_rule.items() if m == modality]
+        assert sum(r["stored_bytes"] for r in parts) == row["stored_bytes"]
+        assert sum(r["instances"] for r in parts) == row["instances"]
+
+    table = _run_report(tmp_path, gateway.settings.database_url)
+    assert table.returncode == 0, table.stderr
+    assert "By modality and policy rule" in table.stdout
+    assert any(line.split()[:3] == ["CT", "ct-body", "roi-hybrid"] for line in table.stdout.splitlines())
+
+
 def test_report_prints_an_aligned_table_and_draws_a_plot(
     make_gateway: GatewayFactory, corpus: list[CorpusFile], tmp_path: Path
 ) -> None:

@@ -80,6 +80,11 @@ def test_roi_hybrid_instances_are_derived_exact_inside_and_bounded_outside(
     mg_uid = next(uid for uid, (path, _) in originals.items() if path.parent.name == "mg")
     assert set(derived) == set(originals) - {mg_uid}
     assert (rows[mg_uid].policy_rule, rows[mg_uid].policy_mode) == ("builtin-mg", "lossless")
+    sample = gateway.registry.get_sample_value
+    assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "CT", "rule": "ct-body"}) == 3
+    assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "MR", "rule": "mr-head"}) == 2
+    assert sample("pacsgw_roi_hybrid_max_error_bucket", {"modality": "CT", "le": "3.0"}) == 0
+    assert sample("pacsgw_roi_hybrid_max_error_bucket", {"modality": "CT", "le": "4.0"}) == 3
 
     by_uid = {stored.sop_instance_uid: stored for stored, _ in results}
     for source_uid, row in derived.items():
