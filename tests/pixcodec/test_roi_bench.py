@@ -24,4 +24,6 @@ def test_bench_reports_a_ct_slice(tmp_path: Path) -> None:
     assert 0.2 < row["roi_fraction"] < 0.6
     assert row["vs_lossless"] < 0.8 and row["whole_near_vs_lossless"] < row["vs_lossless"]
     assert row["psnr_outside_db"] < row["psnr_db"]
+    # The best lossless coding is at most the JPEG-LS size, so the ratio against it is no smaller.
+    assert row["vs_lossless"] <= row["vs_best_lossless"] < 1
     assert "| CT | 2 | 1 |" in (tmp_path / "roi.md").read_text()
