@@ -53,14 +53,24 @@ class NotCoded(Exception):
 def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Path) -> RoiCoded:
     """Code every frame of a native instance ROI-hybrid and write the derived dataset.
 
-    Raises NotCoded when the instance is to be stored losslessly instead (encapsulated or big
-    endian pixels, a layout the codec does not take, or a mask that leaves nothing outside), and
-    VerificationFailed if a decoded frame breaks either guarantee.
+    Losslessly compressed pixel data is decoded first; the derived instance then has native pixels
+    in explicit VR little endian. Raises NotCoded when the instance is to be stored losslessly
+    instead (big endian or undecodable pixels, a layout the codec does not take, a mask that leaves
+    nothing outside, too small a saving), and VerificationFailed if a decoded frame breaks either
+    guarantee.
     """
     pixel = received.pixel
     syntax = received.transfer_syntax
-    if pixel is None or pixel.encapsulated or syntaxes.is_encapsulated(syntax):
-        raise NotCoded("pixel data not native")
+    if pixel is None:
+        raise NotCoded("no separable pixel data")
+    if pixel.encapsulated or syntaxes.is_encapsulated(syntax):
+        if syntaxes.is_lossy(syntax):
+            raise NotCoded("pixel data in a lossy transfer syntax")
+        native = _decompressed(received, derived_path.with_name(derived_path.name + ".native"))
+        try:
+            return code_instance(native, params, derived_path)
+        finally:
+            native.path.unlink(missing_ok=True)
     if not syntax.is_little_endian:
         raise NotCoded("big endian pixel data")
     layout = native_layout(received.header, syntax, pixel)
@@ -110,6 +120,18 @@ def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Pa
         source_sop_instance_uid=source_uid,
         pixel_sha256=digest.hexdigest(),
     )
+
+
+def _decompressed(received: ReceivedDataset, path: Path) -> ReceivedDataset:
+    """Losslessly compressed input as the same dataset with native pixels (explicit VR little
+    endian): the derived instance is written from it, and its pixels are what must stay exact."""
+    try:
+        dataset = pydicom.dcmread(received.path, force=True)
+        dataset.decompress(generate_instance_uid=False)
+        dataset.save_as(path, enforce_file_format=True)
+    except Exception as exc:  # the pixel handlers raise whatever their backends do
+        raise NotCoded(f"pixel data does not decode: {type(exc).__name__}") from exc
+    return open_received(path)
 
 
 class _MaskSource:

@@ -37,9 +37,11 @@ FILES = [
     *sorted((CORPUS_DIR / "ct" / "pancreas_ct_philips_series").glob("slice_00[1-3].dcm")),
     CORPUS_DIR / "mr" / "nih_ge_epi_signed_series" / "slice_015.dcm",  # signed
     CORPUS_DIR / "mr" / "barre_mr_heart_multiframe_8bit.dcm",  # multi-frame
+    CORPUS_DIR / "mr" / "rorden_siemens_jpeg_lossless.dcm",  # lossless JPEG: decoded, derived native
     CORPUS_DIR / "mg" / "ge_senographe_mg_jpeg_lossless.dcm",  # built-in rule: lossless
 ]
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 # Elements a lossy derivation changes (PS3.3 C.7.6.1.1.5, C.12.1.1.1); every other must be kept.
 CHANGED = {"SOPInstanceUID", "ImageType", "LossyImageCompression", "LossyImageCompressionRatio",
            "LossyImageCompressionMethod", "SourceImageSequence", "DerivationDescription",
@@ -82,7 +84,7 @@ def test_roi_hybrid_instances_are_derived_exact_inside_and_bounded_outside(
     assert (rows[mg_uid].policy_rule, rows[mg_uid].policy_mode) == ("builtin-mg", "lossless")
     sample = gateway.registry.get_sample_value
     assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "CT", "rule": "ct-body"}) == 3
-    assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "MR", "rule": "mr-head"}) == 2
+    assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "MR", "rule": "mr-head"}) == 3
     assert sample("pacsgw_roi_hybrid_max_error_bucket", {"modality": "CT", "le": "3.0"}) == 0
     assert sample("pacsgw_roi_hybrid_max_error_bucket", {"modality": "CT", "le": "4.0"}) == 3
 
@@ -97,7 +99,9 @@ def test_roi_hybrid_instances_are_derived_exact_inside_and_bounded_outside(
         assert row.stored_size < row.original_size
 
         stored = by_uid[row.sop_instance_uid]
-        ds = _parse(_stored(gateway.blobs, stored), original.file_meta.TransferSyntaxUID)
+        ds = _parse(_stored(gateway.blobs, stored), row.transfer_syntax_uid)
+        native = not original.file_meta.TransferSyntaxUID.is_compressed
+        assert row.transfer_syntax_uid == (original.file_meta.TransferSyntaxUID if native else EXPLICIT_LE)
         with gateway.blobs.open(stored.blob) as fp:
             masks = roi_masks(fp)
         spec_signed = int(original.PixelRepresentation) == 1
