@@ -87,8 +87,7 @@ def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Pa
             frame = layout.frame_from_bytes(fp.read(layout.frame_nbytes))
             mask = masks.mask(frame)
             encoded = roi.encode_measured(frame, layout.spec, mask, params.max_error)
-            blob, lossless_bytes = encoded.blob, lossless_bytes + encoded.lossless_bytes
-            restored, _ = roi.decode(blob)
+            blob, restored, lossless_bytes = encoded.blob, encoded.decoded, lossless_bytes + encoded.lossless_bytes
             figures = roi.measure(frame, restored, mask, layout.spec, len(blob))
             if figures.max_error_inside != 0 or figures.max_error_outside > params.max_error:
                 raise VerificationFailed(

@@ -121,6 +121,7 @@ def stored_values(frame: npt.NDArray[np.integer], spec: PixelSpec) -> npt.NDArra
 class Encoded:
     blob: bytes
     lossless_bytes: int  # the whole frame's JPEG-LS lossless stream, the baseline the blob competes with
+    decoded: npt.NDArray[np.integer]  # what the blob decodes to (verified), so callers need not decode again
 
 
 def encode(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_error: int, *,
@@ -166,8 +167,8 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
     layout, base, extra = min(candidates, key=lambda candidate: len(candidate[1]) + len(candidate[2]))
     blob = _assemble(spec, layout, max_error, near if layout is not Layout.LOSSLESS else 0,
                      mask_section, base, extra, high_section)
-    _verify(blob, frame, spec, mask, max_error)
-    return Encoded(blob, len(candidates[0][1]))
+    decoded = _verify(blob, frame, spec, mask, max_error)
+    return Encoded(blob, len(candidates[0][1]), decoded)
 
 
 def decode(blob: bytes) -> tuple[npt.NDArray[np.integer], Mask]:
@@ -430,7 +431,8 @@ def _read_correction(section: bytes, count: int, near: int) -> npt.NDArray[np.in
     raise CorruptBitstream(f"unknown correction coding {coding}")
 
 
-def _verify(blob: bytes, frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_error: int) -> None:
+def _verify(blob: bytes, frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
+            max_error: int) -> npt.NDArray[np.integer]:
     try:
         decoded, stored_mask = decode(blob)
     except CodecError as exc:
@@ -457,6 +459,7 @@ def _verify(blob: bytes, frame: npt.NDArray[np.integer], spec: PixelSpec, mask: 
     error = np.abs(stored_values(decoded, spec) - stored_values(frame, spec))
     if error.size and int(error.max()) > max_error:
         raise VerificationFailed(f"ROI-hybrid error {int(error.max())} exceeds the bound {max_error}")
+    return decoded
 
 
 def _jls_encode(values: npt.NDArray[np.unsignedinteger], near: int, precision: int, spec: PixelSpec) -> bytes:
