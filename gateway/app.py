@@ -21,12 +21,14 @@ from gateway.dimse.handlers import AssociationTracker, EchoHandler, StoreHandler
 from gateway.dimse.retrieve import GetHandler, MoveHandler
 from gateway.http.readiness import Readiness
 from gateway.http.server import HttpServer
-from gateway.metrics import IndexSizeCollector, Metrics
+from gateway.metrics import ArchiveCollector, IndexSizeCollector, Metrics
+from gateway.services.archive import ArchiveService
 from gateway.services.ingest import IngestService
 from gateway.services.pool import CodecPool
 from gateway.services.query import QueryService
 from gateway.services.retrieve import RetrieveService
 from pixcodec import default_registry
+from storage.archive_queue import ArchiveQueue
 from storage.blobs.base import BlobStore
 from storage.blobs.database import DatabaseBlobStore
 from storage.blobs.filesystem import FilesystemBlobStore
@@ -152,6 +154,11 @@ class Gateway:
             on_get=GetHandler(self.retrieve, tracker, self.metrics),
             on_move=MoveHandler(self.retrieve, tracker, self.metrics, settings.dicom.destinations),
         )
+        self.archive_queue = ArchiveQueue(self.engine)
+        self.registry.register(ArchiveCollector(self.archive_queue.backlog))
+        self.archive: ArchiveService | None = None
+        if settings.archive.enabled:
+            self.archive = build_archive(settings, self.archive_queue, self.blobs, self.metrics)
         self.readiness = Readiness(
             {"database": self.index.ping, "blob_store": self.blobs.ping}, self.metrics.observe_dependency
         )
@@ -180,6 +187,8 @@ class Gateway:
             (dicom.bind_address, dicom.port), block=False, evt_handlers=list(self._handlers)
         )
         self._sweeper.start()
+        if self.archive is not None:
+            self.archive.start()
         log.info(
             "gateway started",
             extra={"fields": {"ae_title": dicom.ae_title, "dicom_port": self.dicom_port,
@@ -188,7 +197,12 @@ class Gateway:
         )
 
     def stop(self) -> None:
-        """Stop listening, let running associations finish (up to the grace period), then close."""
+        """Stop listening, let running associations finish (up to the grace period), then close.
+
+        A second call does nothing (a test restarting a gateway, then its teardown).
+        """
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         server = self.server
         if server is not None:
@@ -200,6 +214,8 @@ class Gateway:
                 log.warning("aborting an association still running at shutdown")
                 assoc.abort()
         self.ae.shutdown()
+        if self.archive is not None:
+            self.archive.stop()
         self.retrieve.shutdown()
         self.pool.shutdown()
         if self.http is not None:
@@ -223,6 +239,28 @@ class Gateway:
                 self.sweep()
             except Exception:
                 log.exception("orphan sweep failed")
+
+
+def build_archive(settings: Settings, queue: ArchiveQueue, blobs: BlobStore, metrics: Metrics) -> ArchiveService:
+    """Archive recompression on its own codec pool: background work never takes an ingest slot."""
+    archive = settings.archive
+    pool = CodecPool(
+        workers=archive.workers,
+        queue_limit=archive.workers,
+        queue_timeout=archive.lease_seconds,
+        worker_logging=(settings.logging.level, settings.logging.format),
+        niceness=archive.niceness,
+    )
+    return ArchiveService(
+        queue,
+        blobs,
+        pool,
+        archive,
+        rules=settings.policy.rules,
+        scratch_dir=settings.spool_path / "archive",
+        metrics=metrics.archive,
+        single_writer=settings.database_url.startswith("sqlite"),
+    )
 
 
 def _clean_spool(spool: Path, older_than: float) -> int:

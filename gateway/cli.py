@@ -1,4 +1,4 @@
-"""pacs-gateway: serve | db upgrade | verify | sweep | config | report | policy explain."""
+"""pacs-gateway: serve | db upgrade | verify | sweep | config | report | policy explain | archive."""
 
 from __future__ import annotations
 
@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("files", nargs="+", type=Path, metavar="FILE")
     explain.add_argument("--calling-ae", default="", metavar="AET", help="match calling_ae rules as this AE title")
     explain.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    archive = commands.add_parser("archive", parents=[common], help="archive recompression of quiet series")
+    archive_commands = archive.add_subparsers(dest="archive_command", required=True)
+    archive_commands.add_parser("pause", parents=[common], help="stop starting new work (running servers too)")
+    archive_commands.add_parser("resume", parents=[common], help="start new work again")
+    archive_commands.add_parser("status", parents=[common], help="backlog, instances done and failed, bytes saved")
     return parser
 
 
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(settings, as_json=args.json, plot=args.plot)
     if args.command == "policy":
         return _explain(settings, args.files, calling_ae=args.calling_ae, as_json=args.json)
+    if args.command == "archive":
+        return _archive(settings, args.archive_command)
     return 2
 
 
@@ -185,6 +192,36 @@ def _explain(settings: Settings, files: list[Path], *, calling_ae: str, as_json:
     rows = [policy_explain.explain(path, settings.policy.rules, calling_ae) for path in files]
     sys.stdout.write(policy_explain.as_json(rows) if as_json else policy_explain.as_table(rows))
     return 1 if any(row.rule is None for row in rows) else 0
+
+
+def _archive(settings: Settings, command: str) -> int:
+    from gateway.app import SchemaOutOfDate, open_database
+    from storage.archive_queue import ArchiveQueue, WorkState
+    from storage.db import IndexUnavailable
+
+    try:
+        engine = open_database(settings, upgrade_empty=False)
+        try:
+            queue = ArchiveQueue(engine)
+            if command in ("pause", "resume"):
+                queue.set_paused(command == "pause")
+            counts = queue.counts()
+        finally:
+            engine.dispose()
+    except (SchemaOutOfDate, IndexUnavailable) as exc:
+        print(f"pacs-gateway: {exc}", file=sys.stderr)
+        return 1
+    if command == "status":
+        states = counts.by_state
+        print(f"enabled: {'yes' if settings.archive.enabled else 'no (archive.enabled = false)'}")
+        print(f"paused: {'yes' if counts.paused else 'no'}")
+        print(f"backlog: {counts.backlog} instances ({states[WorkState.RUNNING]} being re-encoded)")
+        print(f"swapped: {states[WorkState.DONE]}, kept (archive blob not smaller): {states[WorkState.KEPT]}, "
+              f"skipped: {states[WorkState.SKIPPED]}, failed: {states[WorkState.FAILED]}")
+        print(f"saved: {counts.saved_bytes} bytes")
+    else:
+        print(f"archive recompression {'paused' if counts.paused else 'resumed'}")
+    return 0
 
 
 if __name__ == "__main__":

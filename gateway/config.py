@@ -110,6 +110,24 @@ class IngestSettings(_Section):
     sweep_interval_seconds: PositiveFloat = 3600.0
 
 
+class ArchiveSettings(_Section):
+    """Archive recompression: a series quiet this long is re-encoded with its rule's archive codec."""
+
+    enabled: bool = True
+    quiet_seconds: Annotated[float, Field(ge=0)] = 3600.0
+    # Archive worker processes, separate from the ingest codec workers and run at a lower priority.
+    workers: PositiveInt = 1
+    niceness: Annotated[int, Field(ge=0, le=19)] = 10  # added to the worker processes' nice value
+    poll_seconds: PositiveFloat = 30.0
+    # A claimed instance whose worker stops renewing its claim this long is taken up again.
+    lease_seconds: PositiveFloat = 300.0
+    # An instance whose re-encoding failed this often is marked failed and left as it is.
+    max_attempts: PositiveInt = 3
+    # A replaced blob is deleted this long after its swap, so a retrieval that located it first
+    # still reads it.
+    retired_grace_seconds: Annotated[float, Field(ge=0)] = 3600.0
+
+
 class HttpSettings(_Section):
     enabled: bool = True
     bind_address: str = "0.0.0.0"
@@ -131,6 +149,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     blobs: BlobSettings = BlobSettings()
     ingest: IngestSettings = IngestSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
     policy: PolicySettings = PolicySettings()

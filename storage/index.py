@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import random
 import re
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import IndexUnavailable, describe, for_writing, unavailable_as
 from storage.matching import fold_person_name
-from storage.models import Base, IndexTotals, Instance, Patient, Series, Study
+from storage.models import Base, IndexTotals, Instance, Patient, RetiredBlob, Series, Study
 from storage.records import (
     BlobRef,
     DuplicatePolicy,
@@ -130,6 +131,16 @@ class SqlIndex:
                         sa.select(Instance.blob_key)
                         .where(Instance.blob_store == store, Instance.blob_key.in_(batch))
                         .distinct()
+                    )
+                )
+                # A blob an archive swap replaced stays readable until its grace period is over.
+                found.update(
+                    session.scalars(
+                        sa.select(RetiredBlob.blob_key).where(
+                            RetiredBlob.blob_store == store,
+                            RetiredBlob.blob_key.in_(batch),
+                            RetiredBlob.delete_after > _utcnow(),
+                        )
                     )
                 )
         return found
@@ -330,6 +341,20 @@ def _get_or_create(
     if inserted is not None:
         return int(inserted), True
     return int(session.execute(lookup).scalar_one()), False
+
+
+def add_to_totals(session: Session, **deltas: int) -> None:
+    """Add to the running totals inside the caller's transaction (a recording, an archive swap)."""
+    _add_to_totals(session, **deltas)
+
+
+def dialect_insert(session: Session, entity: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """INSERT ... ON CONFLICT for the session's database."""
+    return _dialect_insert(session, entity)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _add_to_totals(session: Session, **deltas: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,13 +37,16 @@ def _warm_up() -> None:
     pixcodec.default_registry()
 
 
-def _start_worker(logging_setup: tuple[str, str] | None) -> None:
+def _start_worker(logging_setup: tuple[str, str] | None, niceness: int = 0) -> None:
     # A worker starts from the fork server, not from the configured main process: without this its
     # warnings would reach stderr as plain text, outside the JSON stream and its PHI rules.
     if logging_setup is not None:
         from gateway import logs
 
         logs.configure(*logging_setup)
+    if niceness > 0:
+        # A background pool (archive recompression) yields the CPU to ingest and retrieval.
+        os.nice(niceness)
     _warm_up()
 
 
@@ -58,8 +62,10 @@ class CodecPool:
         on_wait: Callable[[float], None] = lambda _seconds: None,
         on_rejected: Callable[[], None] = lambda: None,
         worker_logging: tuple[str, str] | None = None,
+        niceness: int = 0,
     ) -> None:
-        """`worker_logging`: (level, format) for logs.configure in each worker process."""
+        """`worker_logging`: (level, format) for logs.configure in each worker process;
+        `niceness`: added to the workers' nice value (0 for the ingest pool)."""
         self._workers = workers
         self._slots = threading.BoundedSemaphore(queue_limit)
         self._timeout = queue_timeout
@@ -69,6 +75,7 @@ class CodecPool:
         self._on_depth, self._on_restart = on_depth, on_restart
         self._on_waiting, self._on_wait, self._on_rejected = on_waiting, on_wait, on_rejected
         self._worker_logging = worker_logging
+        self._niceness = niceness
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(
             ["gateway.services.prepare", "gateway.services.retrieve_job", "pixcodec"])
@@ -79,7 +86,7 @@ class CodecPool:
             max_workers=self._workers,
             mp_context=self._context,
             initializer=_start_worker,
-            initargs=(self._worker_logging,),
+            initargs=(self._worker_logging, self._niceness),
         )
 
     def _track(self, delta: int) -> None:
@@ -143,3 +150,17 @@ class CodecPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=False)
+
+    def terminate(self) -> None:
+        """Stop now: kill the workers and their running jobs (whose callers get WorkerLost).
+
+        For background work recorded elsewhere (archive recompression), which a restart redoes;
+        shutdown() would wait for a slow encode to finish.
+        """
+        executor = self._executor
+        # ProcessPoolExecutor has no public way to stop running jobs before Python 3.14.
+        processes = dict(getattr(executor, "_processes", None) or {})
+        for process in processes.values():
+            if process.is_alive():
+                process.kill()
+        executor.shutdown(wait=True, cancel_futures=True)

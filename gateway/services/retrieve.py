@@ -26,8 +26,9 @@ from gateway.services.pool import CodecPool, WorkerLost
 from gateway.services.retrieve_job import Candidate, RetrieveJob, run_job
 from gateway.services.transcode import Mode, TranscodeError, parse, with_syntax
 from pixcodec import CodecError, CodecRegistry, default_registry
-from storage.blobs.base import BlobStore, BlobStoreError
+from storage.blobs.base import BlobNotFound, BlobStore, BlobStoreError
 from storage.db import IndexUnavailable
+from storage.index import SqlIndex
 from storage.matching import Universal
 from storage.query import Level, LevelQuery, matching_instances
 from storage.records import StorageMode, StoredInstance
@@ -134,15 +135,31 @@ class RetrieveService:
         """The first candidate that works, made in a codec worker; a failure (never an exception)
         when none does."""
         try:
-            with self._blobs.open(stored.blob) as fp:
-                blob = fp.read()
+            stored, blob = self._read_blob(stored)
             result = self._pool.run(run_job, RetrieveJob(stored, blob, tuple(candidates)))
             if result.data is None or result.syntax is None:
                 return Prepared(stored, None, error=result.error)
             dataset = with_syntax(parse(result.data, result.syntax), result.syntax)
-        except (BlobStoreError, OSError, OutOfResources, WorkerLost, TranscodeError) as exc:
+        except (BlobStoreError, IndexUnavailable, OSError, OutOfResources, WorkerLost, TranscodeError) as exc:
             return Prepared(stored, None, error=str(exc) or type(exc).__name__)
         return Prepared(stored, dataset, result.syntax, result.mode)
+
+    def _read_blob(self, stored: StoredInstance) -> tuple[StoredInstance, bytes]:
+        """The blob's bytes, with the instance as of that blob.
+
+        An archive swap may have replaced the blob since the instance was located, and deleted
+        it once its grace period was over (a long retrieval): the revision is located once more.
+        The passthrough candidate of the old codec then simply does not apply to the new blob.
+        """
+        try:
+            with self._blobs.open(stored.blob) as fp:
+                return stored, fp.read()
+        except BlobNotFound:
+            fresh = SqlIndex(self._engine).locate(stored.sop_instance_uid, stored.revision)
+            if fresh is None or fresh.blob == stored.blob:
+                raise
+            with self._blobs.open(fresh.blob) as fp:
+                return fresh, fp.read()
 
     def prepared(
         self,

@@ -13,7 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from pydicom import dcmread
 
-from gateway.metrics import IndexSizeCollector, Metrics
+from gateway.metrics import ArchiveCollector, IndexSizeCollector, Metrics
 from storage.index import IndexCounts
 from tests.conftest import CorpusFile
 from tests.integration.conftest import GatewayFactory, dataset_bytes, send_files
@@ -168,6 +168,7 @@ def test_readme_metric_table_and_registry_agree_both_ways() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry, version="0", codecs=["jpeg-ls"])
     registry.register(IndexSizeCollector(lambda: IndexCounts(0, 0, 0, 0, 0, 0)))
+    registry.register(ArchiveCollector(lambda: (0, False)))
     documented = readme_metric_table()
 
     families = {exposed_name(family): family for family in registry.collect()}
