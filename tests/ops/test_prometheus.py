@@ -30,6 +30,8 @@ DASHBOARD = GRAFANA_DIR / "dashboards" / "pacs-gateway.json"
 # Panels that must show data once instances were stored and retrieved; the others show failures,
 # errors and fallbacks, which this traffic has none of.
 MAIN_PANELS = {
+    "Archive backlog",
+    "Archive throughput (instances/s by outcome)",
     "Ingest rate (instances/s by modality)",
     "Received and stored bytes/s",
     "DIMSE requests by service and status category",
@@ -66,7 +68,7 @@ def test_promtool_accepts_the_configuration_and_the_rules() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = _promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 6 rules found" in rules.stdout
+    assert "SUCCESS: 7 rules found" in rules.stdout
 
 
 def test_alert_rule_unit_tests_fire_on_a_verification_failure() -> None:
@@ -77,7 +79,7 @@ def test_alert_rule_unit_tests_fire_on_a_verification_failure() -> None:
         case["alertname"] for test in tests for case in test["alert_rule_test"] if case.get("exp_alerts")
     }
     assert {"PacsGatewayVerificationFailure", "PacsGatewayCStoreFailureRate", "PacsGatewayDatabaseUnreachable",
-            "PacsGatewayCodecPoolSaturated"} <= fired
+            "PacsGatewayCodecPoolSaturated", "PacsGatewayArchiveBacklogGrowing"} <= fired
 
 
 def _panels() -> list[dict[str, Any]]:
@@ -206,7 +208,7 @@ def test_prometheus_scrapes_the_gateway_and_every_panel_query_runs(
 
     rules = prometheus.get("/api/v1/rules")["data"]["groups"]
     alerting = [rule for group in rules for rule in group["rules"]]
-    assert len(alerting) == 6
+    assert len(alerting) == 7
     deadline = time.monotonic() + 10
     while any(rule["health"] != "ok" for rule in alerting) and time.monotonic() < deadline:
         time.sleep(0.5)
