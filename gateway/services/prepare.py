@@ -93,7 +93,7 @@ def prepare(job: IngestJob) -> PreparedInstance:
         policy = decide(HeaderFacts.of(received.header, str(received.transfer_syntax)), job.calling_ae_title, job.rules)
         budget = policy.ingest_budget if budget is not None else None
     if policy is not None and policy.roi is not None and budget is not None:
-        coded, why_not = _roi_hybrid(received, policy, job)
+        coded, why_not = _roi_hybrid(received, policy, job, budget)
         if coded is not None:
             return _store_derived(coded, received, job, policy)
         policy = replace(policy, mode="lossless", roi=None, reason=why_not)
@@ -140,11 +140,12 @@ def prepare(job: IngestJob) -> PreparedInstance:
     )
 
 
-def _roi_hybrid(received: ReceivedDataset, policy: PolicyDecision, job: IngestJob) -> tuple[RoiCoded | None, str]:
+def _roi_hybrid(received: ReceivedDataset, policy: PolicyDecision, job: IngestJob,
+                budget: str) -> tuple[RoiCoded | None, str]:
     """The derived instance, or None and why the instance is to be stored losslessly instead."""
     assert policy.roi is not None
     try:
-        return code_instance(received, policy.roi, _derived_path(job)), ""
+        return code_instance(received, policy.roi, _derived_path(job), budget_named(budget)), ""
     except NotCoded as exc:
         why_not = str(exc)
         log.info("ROI-hybrid not applied, storing losslessly: %s", why_not)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from gateway.instance_blob import PixelMode, PixelPlan
 from gateway.pixels import NativeLayout, native_layout
 from gateway.policy import RoiParams
 from gateway.received import ReceivedDataset, open_received
-from pixcodec import PixelSpec, VerificationFailed, roi
+from pixcodec import CodecError, PixelSpec, VerificationFailed, roi
+from pixcodec.decide import Budget, decide, probe_index
 from pixcodec.roi import RoiFigures
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ class NotCoded(Exception):
     """ROI-hybrid coding does not apply to this instance; the message says why (for the log)."""
 
 
-def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Path) -> RoiCoded:
+def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Path,
+                  lossless: Budget | None = None) -> RoiCoded:
     """Code every frame of a native instance ROI-hybrid and write the derived dataset.
 
     Losslessly compressed pixel data is decoded first; the derived instance then has native pixels
@@ -68,7 +71,7 @@ def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Pa
             raise NotCoded("pixel data in a lossy transfer syntax")
         native = _decompressed(received, derived_path.with_name(derived_path.name + ".native"))
         try:
-            return code_instance(native, params, derived_path)
+            return code_instance(native, params, derived_path, lossless)
         finally:
             native.path.unlink(missing_ok=True)
     if not syntax.is_little_endian:
@@ -81,13 +84,16 @@ def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Pa
     decoded: list[npt.NDArray[np.integer]] = []
     parts: list[RoiFigures] = []
     lossless_bytes = 0
+    probe, probe_ratio = probe_index(layout.frames), 1.0
     with received.path.open("rb") as fp:
         fp.seek(received.dataset_offset + pixel.value_start)
-        for _ in range(layout.frames):
+        for index in range(layout.frames):
             frame = layout.frame_from_bytes(fp.read(layout.frame_nbytes))
             mask = masks.mask(frame)
             encoded = roi.encode_measured(frame, layout.spec, mask, params.max_error)
             blob, restored, lossless_bytes = encoded.blob, encoded.decoded, lossless_bytes + encoded.lossless_bytes
+            if index == probe and lossless is not None:
+                probe_ratio = _best_lossless(frame, layout.spec, lossless) / max(encoded.lossless_bytes, 1)
             figures = roi.measure(frame, restored, mask, layout.spec, len(blob))
             if figures.max_error_inside != 0 or figures.max_error_outside > params.max_error:
                 raise VerificationFailed(
@@ -99,9 +105,15 @@ def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Pa
     total = roi.combine(parts, layout.spec)
     if total.roi_fraction == 1.0:
         raise NotCoded("the region of interest covers the whole image")
-    saving = 1.0 - total.compressed_bytes / max(lossless_bytes, 1)
-    if total.lossless or saving < params.min_saving:
-        raise NotCoded(f"ROI-hybrid saves {100 * max(saving, 0.0):.1f} % over lossless here, "
+    # Against the smaller of JPEG-LS and what the lossless path would pick (JPEG-XL can be far
+    # smaller, on ultrasound above all): no instance is made lossy to end up larger.
+    saving = 1.0 - total.compressed_bytes / max(lossless_bytes * min(probe_ratio, 1.0), 1.0)
+    if total.lossless:
+        raise NotCoded("ROI-hybrid coding leaves every pixel exact here")
+    if saving < 0:
+        raise NotCoded(f"lossless coding is {100 * -saving:.1f} % smaller than ROI-hybrid here")
+    if saving < params.min_saving:
+        raise NotCoded(f"ROI-hybrid saves {100 * saving:.1f} % over lossless here, "
                        f"under the rule's {100 * params.min_saving:.0f} %")
     source_uid = str(received.header.SOPInstanceUID)
     _write_derived(received, layout, decoded, total, masks.description, params, derived_path)
@@ -131,6 +143,15 @@ def _decompressed(received: ReceivedDataset, path: Path) -> ReceivedDataset:
     except Exception as exc:  # the pixel handlers raise whatever their backends do
         raise NotCoded(f"pixel data does not decode: {type(exc).__name__}") from exc
     return open_received(path)
+
+
+def _best_lossless(frame: npt.NDArray[np.integer], spec: PixelSpec, budget: Budget) -> int:
+    """Bytes of `frame` as the lossless path's mode decision would code it."""
+    try:
+        chosen = decide(frame, spec, budget, verify=False).encoded
+    except CodecError:
+        return sys.maxsize
+    return len(chosen.payload) + len(chosen.table)
 
 
 class _MaskSource:
