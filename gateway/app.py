@@ -204,6 +204,8 @@ class Gateway:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self.archive is not None:
+            self.archive.stop()  # background work first: killed at once, its claims given back
         server = self.server
         if server is not None:
             server.shutdown()
@@ -214,8 +216,6 @@ class Gateway:
                 log.warning("aborting an association still running at shutdown")
                 assoc.abort()
         self.ae.shutdown()
-        if self.archive is not None:
-            self.archive.stop()
         self.retrieve.shutdown()
         self.pool.shutdown()
         if self.http is not None:

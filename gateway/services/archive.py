@@ -127,6 +127,9 @@ class ArchiveService:
         task = self._queue.claim(self._settings.lease_seconds)
         if task is None:
             return None
+        if self._stopping.is_set():
+            self._queue.release(task)
+            return None
         return self.process(task)
 
     def drain(self) -> list[Processed]:
@@ -214,10 +217,13 @@ class ArchiveService:
                 with self._blobs.open(task.blob) as src, job.blob_path.open("wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 result = self._pool.run(run_job, job)
-            except WorkerLost as exc:
+            except (WorkerLost, RuntimeError) as exc:
+                # RuntimeError: the pool was shut down before the job could be submitted.
                 if self._stopping.is_set():
                     self._queue.release(task)
                     return Processed(Outcome.INTERRUPTED, "none")
+                if isinstance(exc, RuntimeError):
+                    raise
                 return self._failed(task, f"archive worker process died: {exc}")
             except BlobNotFound:
                 # The blob changed under us (a new revision, another replica's swap).
