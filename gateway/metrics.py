@@ -326,7 +326,6 @@ class Metrics:
 
 _PSNR_BUCKETS = (30, 35, 40, 45, 50, 55, 60, 65, 70, 80, 90, 100)
 _FRACTION_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-_ERROR_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
 
 
 class RoiMetrics:
@@ -351,13 +350,6 @@ class RoiMetrics:
             "PSNR of an ROI-hybrid instance (peak of Bits Stored), over all pixel values or those outside the region",
             ["modality", "region"],
             buckets=_PSNR_BUCKETS,
-            registry=registry,
-        )
-        self.max_error = Histogram(
-            "pacsgw_roi_hybrid_max_error",
-            "Largest absolute error outside the region, per ROI-hybrid instance (inside it is verified 0)",
-            ["modality"],
-            buckets=_ERROR_BUCKETS,
             registry=registry,
         )
 

@@ -205,7 +205,6 @@ class IngestService:
             figures, rule = prepared.roi, prepared.policy.rule_name if prepared.policy else "none"
             m.roi.instances.labels(modality, rule).inc()
             m.roi.region.labels(modality).observe(figures.roi_fraction)
-            m.roi.max_error.labels(modality).observe(figures.max_error_outside)
             # An infinite PSNR (nothing changed) has no bucket but +Inf, which is where it belongs.
             m.roi.psnr.labels(modality, "all").observe(figures.psnr_db)
             m.roi.psnr.labels(modality, "outside").observe(figures.psnr_outside_db)

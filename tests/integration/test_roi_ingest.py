@@ -89,8 +89,8 @@ def test_roi_hybrid_instances_are_derived_exact_inside_and_bounded_outside(
     sample = gateway.registry.get_sample_value
     assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "CT", "rule": "ct-body"}) == 3
     assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "MR", "rule": "mr-head"}) == 2
-    assert sample("pacsgw_roi_hybrid_max_error_bucket", {"modality": "CT", "le": "3.0"}) == 0
-    assert sample("pacsgw_roi_hybrid_max_error_bucket", {"modality": "CT", "le": "4.0"}) == 3
+    assert sample("pacsgw_roi_hybrid_region_ratio_count", {"modality": "CT"}) == 3
+    assert sample("pacsgw_roi_hybrid_psnr_decibels_bucket", {"modality": "CT", "region": "all", "le": "40.0"}) == 0
 
     by_uid = {stored.sop_instance_uid: stored for stored, _ in results}
     for source_uid, row in derived.items():
