@@ -300,22 +300,29 @@ def read_footer(fp: IO[bytes]) -> tuple[Footer, int]:
     return footer, len(MAGIC)
 
 
-def _layout_for(footer: Footer, reader: ContainerReader) -> NativeLayout:
+def _native_layout(footer: Footer, spec: PixelSpec, frames: int) -> NativeLayout:
+    """The layout the blob recorded, for frames of `spec`: how they turn back into value bytes."""
     record = footer.layout
     if record is None:
-        raise BlobFormatError("pixcodec blob without a layout record")
-    spec = reader.spec
+        raise BlobFormatError(f"{footer.pixel_mode.value} blob without a layout record")
     return NativeLayout(
         rows=spec.rows,
         columns=spec.columns,
         samples=record.samples,
-        frames=reader.frame_count,
+        frames=frames,
         bits_allocated=spec.bits_allocated,
         dtype=record.dtype,
         planar=record.planar,
         swap_pairs=record.swap_pairs,
         spec=spec,
     )
+
+
+def stored_layout(fp: IO[bytes], footer: Footer, shell_start: int) -> NativeLayout:
+    """The frame layout of a pixcodec blob, as its pixel value was cut at ingest."""
+    reader = ContainerReader(cast(BinaryIO, Section(fp, shell_start + footer.shell_stored_length,
+                                                    footer.pixel_stored_length)))
+    return _native_layout(footer, reader.spec, reader.frame_count)
 
 
 def rebuild(fp: IO[bytes], sink: Callable[[bytes], Any]) -> Footer:
@@ -369,11 +376,11 @@ def _emit_pixel_value(fp: IO[bytes], footer: Footer, start: int, emit: Callable[
         _copy_stream(reader, footer.pixel_value_length, emit)
     elif mode is PixelMode.ROI_HYBRID:
         for frame, _mask, spec in iter_roi_frames(section):
-            emit(_roi_layout(footer, spec).frame_to_bytes(frame))
+            emit(_native_layout(footer, spec, 1).frame_to_bytes(frame))
         emit(bytes.fromhex(footer.layout.tail_hex if footer.layout else ""))
     else:
         container = ContainerReader(cast(BinaryIO, section))
-        layout = _layout_for(footer, container)
+        layout = _native_layout(footer, container.spec, container.frame_count)
         for frame in container.frames():
             emit(layout.frame_to_bytes(frame))
         emit(bytes.fromhex(footer.layout.tail_hex if footer.layout else ""))
@@ -395,15 +402,6 @@ def _read_exactly(section: IO[bytes], length: int) -> bytes:
     if len(data) != length:
         raise BlobFormatError("roi-hybrid pixel section shorter than recorded")
     return data
-
-
-def _roi_layout(footer: Footer, spec: PixelSpec) -> NativeLayout:
-    record = footer.layout
-    if record is None:
-        raise BlobFormatError("roi-hybrid blob without a layout record")
-    return NativeLayout(rows=spec.rows, columns=spec.columns, samples=record.samples, frames=1,
-                        bits_allocated=spec.bits_allocated, dtype=record.dtype, planar=record.planar,
-                        swap_pairs=record.swap_pairs, spec=spec)
 
 
 def roi_masks(fp: IO[bytes]) -> list[Any]:

@@ -12,20 +12,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, cast
 
 from gateway.instance_blob import (
     BlobFormatError,
-    Footer,
     PixelMode,
     PixelPlan,
-    Section,
     read_footer,
     rebuild,
+    stored_layout,
     write_instance_blob,
 )
 from gateway.pixels import NativeLayout
-from pixcodec import CodecError, ContainerReader, FrameCodec, default_registry
+from pixcodec import CodecError, FrameCodec, default_registry
 from pixcodec.decide import budget_named
 
 AUTO = "auto"
@@ -77,7 +75,7 @@ def _reencode(job: ArchiveJob) -> ArchiveResult:
             return ArchiveResult(skip=f"pixels stored as {footer.pixel_mode.value}, not by a codec")
         if footer.dataset_sha256 != job.dataset_sha256:
             raise BlobFormatError("blob footer SHA-256 differs from the index")
-        layout = _stored_layout(fp, footer, shell_start)
+        layout = stored_layout(fp, footer, shell_start)
         with job.dataset_path.open("wb") as dataset:
             rebuild(fp, dataset.write)  # checks the rebuilt bytes against the recorded SHA-256
     plan = _plan(layout, job.codec)
@@ -107,26 +105,6 @@ def _reencode(job: ArchiveJob) -> ArchiveResult:
         verify_seconds=verified - encoded,
     )
 
-
-def _stored_layout(fp: IO[bytes], footer: Footer, shell_start: int) -> NativeLayout:
-    """The frame layout the ingest blob recorded: the pixel value is re-encoded as it was cut."""
-    record = footer.layout
-    if record is None:
-        raise BlobFormatError("pixcodec blob without a layout record")
-    section = Section(fp, shell_start + footer.shell_stored_length, footer.pixel_stored_length)
-    reader = ContainerReader(cast(BinaryIO, section))
-    spec = reader.spec
-    return NativeLayout(
-        rows=spec.rows,
-        columns=spec.columns,
-        samples=record.samples,
-        frames=reader.frame_count,
-        bits_allocated=spec.bits_allocated,
-        dtype=record.dtype,
-        planar=record.planar,
-        swap_pairs=record.swap_pairs,
-        spec=spec,
-    )
 
 
 def _plan(layout: NativeLayout, codec: str) -> PixelPlan:
