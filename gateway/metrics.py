@@ -100,26 +100,25 @@ class Metrics:
             ["modality", "codec", "storage_mode"],
             registry=registry,
         )
-        # The policy engine does not exist yet: the budget (ingest, archive) stands in for the
-        # policy rule, as a label with the same bounded cardinality.
+        # `rule` is a configured policy rule name (or a built-in one): bounded by the configuration.
         self.compression_ratio = Histogram(
             "pacsgw_compression_ratio",
-            "Bytes received over blob bytes stored, per stored instance, by modality and codec budget",
-            ["modality", "budget"],
+            "Bytes received over blob bytes stored, per stored instance, by modality, policy rule and codec budget",
+            ["modality", "rule", "budget"],
             buckets=_RATIO_BUCKETS,
             registry=registry,
         )
         self.saved_bytes = Counter(
             "pacsgw_compression_saved_bytes",
-            "Bytes received minus blob bytes stored, summed over stored instances, by modality and codec budget",
-            ["modality", "budget"],
+            "Bytes received minus blob bytes stored, summed over stored instances, by modality, policy rule and codec budget",
+            ["modality", "rule", "budget"],
             registry=registry,
         )
         self.roi = RoiMetrics(registry)
         self.grown_bytes = Counter(
             "pacsgw_compression_grown_bytes",
             "Blob bytes stored beyond the bytes received, for the rare instance whose blob is larger",
-            ["modality", "budget"],
+            ["modality", "rule", "budget"],
             registry=registry,
         )
         self.instances = Counter(

@@ -184,6 +184,7 @@ class IngestService:
         m = self._metrics
         modality = modality_label(prepared.attrs.series.modality)
         budget = (prepared.policy.ingest_budget or "none") if prepared.policy else self._budget
+        rule = prepared.policy.rule_name if prepared.policy else "none"
         m.instances.labels(modality, outcome.result.value).inc()
         if not outcome.blob_used:
             return
@@ -192,11 +193,11 @@ class IngestService:
         m.received_bytes.labels(modality, codec).inc(received)
         m.stored_bytes.labels(modality, codec, prepared.pixel_mode.value).inc(stored)
         if stored:
-            m.compression_ratio.labels(modality, budget).observe(received / stored)
+            m.compression_ratio.labels(modality, rule, budget).observe(received / stored)
         if received >= stored:
-            m.saved_bytes.labels(modality, budget).inc(received - stored)
+            m.saved_bytes.labels(modality, rule, budget).inc(received - stored)
         else:
-            m.grown_bytes.labels(modality, budget).inc(stored - received)
+            m.grown_bytes.labels(modality, rule, budget).inc(stored - received)
         m.codec_input_bytes.labels(codec).inc(prepared.original_size)
         m.codec_output_bytes.labels(codec).inc(prepared.blob_size)
         m.codec_duration.labels(codec, "encode").observe(prepared.encode_seconds)

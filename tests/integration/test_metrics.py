@@ -117,6 +117,8 @@ def test_metrics_after_real_traffic_match_the_readme_and_what_was_sent(
     assert value(before, "pacsgw_compression_saved_bytes_total", modality="CT", budget="ingest") == (
         ct_received - ct_stored)
     assert value(before, "pacsgw_compression_ratio_count", modality="CT", budget="ingest") == 4
+    # No rule configured: the built-in default decided, and the savings say so.
+    assert value(before, "pacsgw_compression_ratio_count", modality="CT", rule="builtin-default") == 4
     assert value(before, "pacsgw_compression_ratio_sum", modality="CT", budget="ingest") > 4 * 1.5
     assert value(before, "pacsgw_codec_duration_seconds_count", op="encode") == len(first)
     assert value(before, "pacsgw_codec_duration_seconds_count", op="verify") == len(first)
