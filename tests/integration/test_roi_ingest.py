@@ -39,6 +39,7 @@ FILES = [
     # Multi-frame, where lossless coding (packed JPEG-LS) is smaller: it must stay exact.
     CORPUS_DIR / "mr" / "barre_mr_heart_multiframe_8bit.dcm",
     CORPUS_DIR / "mr" / "rorden_siemens_jpeg_lossless.dcm",  # lossless JPEG: decoded, derived native
+    CORPUS_DIR / "mr" / "gdcm_siemens_overlays_private.dcm",  # an overlay plane: always exact
     CORPUS_DIR / "mg" / "ge_senographe_mg_jpeg_lossless.dcm",  # built-in rule: lossless
 ]
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -88,7 +89,7 @@ def test_roi_hybrid_instances_are_derived_exact_inside_and_bounded_outside(
     assert rows[heart_uid].source_sop_instance_uid is None and rows[heart_uid].roi_fraction is None
     sample = gateway.registry.get_sample_value
     assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "CT", "rule": "ct-body"}) == 3
-    assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "MR", "rule": "mr-head"}) == 2
+    assert sample("pacsgw_roi_hybrid_instances_total", {"modality": "MR", "rule": "mr-head"}) == 3
     assert sample("pacsgw_roi_hybrid_region_ratio_count", {"modality": "CT"}) == 3
     assert sample("pacsgw_roi_hybrid_psnr_decibels_bucket", {"modality": "CT", "region": "all", "le": "40.0"}) == 0
 
@@ -115,6 +116,12 @@ def test_roi_hybrid_instances_are_derived_exact_inside_and_bounded_outside(
             assert np.all(error[mask] == 0), path
             assert int(np.abs(error[~mask]).max()) == bound, path
             assert frame_in.dtype == frame_out.dtype and spec_signed == (frame_in.dtype.kind == "i")
+
+        for group in range(0x6000, 0x6020, 2):
+            if (group, 0x3000) in original:
+                overlay = original.overlay_array(group).astype(bool)
+                top, left = (int(v) - 1 for v in original[group, 0x0050].value)
+                assert overlay.any() and masks[0][top:top + overlay.shape[0], left:left + overlay.shape[1]][overlay].all()
 
         assert ds.LossyImageCompression == "01"
         assert ds.LossyImageCompressionMethod == "ISO_14495_1"
