@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,14 +49,18 @@ class Tally:
 def _run(path: Path, scratch: Path, rule: PolicyRule) -> tuple[PreparedInstance, float]:
     import pydicom
 
-    spool = scratch / "spool.dcm"
+    # Fresh names, as the gateway's spool uses: truncating a reused file is a cost the gateway never pays.
+    name = uuid.uuid4().hex
+    spool, blob = scratch / f"{name}.dcm", scratch / f"{name}.blob"
     shutil.copyfile(path, spool)
     header = pydicom.dcmread(path, stop_before_pixels=True)
-    job = IngestJob(spool, scratch / "out.blob", str(header.SOPClassUID), str(header.SOPInstanceUID), "ingest",
-                    "BENCH", (rule,))
+    job = IngestJob(spool, blob, str(header.SOPClassUID), str(header.SOPInstanceUID), "ingest", "BENCH", (rule,))
     started = time.perf_counter()
     prepared = prepare(job)
-    return prepared, time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    spool.unlink()
+    blob.unlink()
+    return prepared, elapsed
 
 
 def main() -> int:
