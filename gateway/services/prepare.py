@@ -94,9 +94,10 @@ def prepare(job: IngestJob) -> PreparedInstance:
         budget = policy.ingest_budget if budget is not None else None
     if policy is not None and policy.roi is not None and budget is not None:
         coded, why_not = _roi_hybrid(received, policy, job, budget)
-        if coded is not None:
-            return _store_derived(coded, received, job, policy)
-        policy = replace(policy, mode="lossless", roi=None, reason=why_not)
+        stored = _store_derived(coded, received, job, policy) if coded is not None else None
+        if stored is not None:
+            return stored
+        policy = replace(policy, mode="lossless", roi=None, reason=why_not or "ROI-hybrid blob did not verify")
     plan, pixel_digest = _plan(received, budget)
     fallback: Fallback | None = None
     detail: str | None = None
@@ -149,7 +150,9 @@ def _roi_hybrid(received: ReceivedDataset, policy: PolicyDecision, job: IngestJo
     except NotCoded as exc:
         why_not = str(exc)
         log.info("ROI-hybrid not applied, storing losslessly: %s", why_not)
-    except (CodecError, PixelDataInconsistent) as exc:
+    except OSError:
+        raise
+    except Exception as exc:  # a codec, mask or pydicom failure must not cost the instance
         why_not = f"ROI-hybrid coding failed: {type(exc).__name__}"
         log.warning("ROI-hybrid coding failed, storing losslessly: %s: %s", type(exc).__name__, exc)
     _derived_path(job).unlink(missing_ok=True)
@@ -161,8 +164,9 @@ def _derived_path(job: IngestJob) -> Path:
 
 
 def _store_derived(coded: RoiCoded, received: ReceivedDataset, job: IngestJob,
-                   policy: PolicyDecision) -> PreparedInstance:
-    """Write and verify the blob of the derived instance; the received one is its source."""
+                   policy: PolicyDecision) -> PreparedInstance | None:
+    """Write and verify the blob of the derived instance (the received one is its source); None
+    when it does not rebuild, and the received instance is then stored losslessly instead."""
     derived = coded.derived
     try:
         attrs = extract(derived.header)
@@ -170,8 +174,9 @@ def _store_derived(coded: RoiCoded, received: ReceivedDataset, job: IngestJob,
         attempt = _Attempt()
         try:
             _write_and_verify(derived, job.blob_path, digest, coded.plan, attempt)
-        except BlobFormatError as exc:
-            raise OutOfResources(f"the ROI-hybrid blob does not rebuild: {exc}") from exc
+        except (BlobFormatError, CodecError) as exc:
+            log.error("ROI-hybrid blob does not rebuild, storing losslessly: %s", exc)
+            return None
     finally:
         derived.path.unlink(missing_ok=True)
     footer = attempt.footer

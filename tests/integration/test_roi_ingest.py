@@ -10,8 +10,10 @@ modality sent.
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -19,13 +21,17 @@ import pytest
 import sqlalchemy as sa
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from gateway.instance_blob import roi_masks
+from gateway import instance_blob
+from gateway.instance_blob import rebuild_bytes, roi_masks
+from gateway.policy import PolicyRule
+from gateway.services import roi_ingest
+from gateway.services.prepare import IngestJob, PreparedInstance, prepare
 from gateway.services.rebuild import rebuild_instance, verify
 from pixcodec.roi import stored_values
 from storage.models import Instance
 from storage.records import RecordResult, StoredInstance
 from tests.conftest import CORPUS_DIR
-from tests.integration.conftest import GatewayFactory, send_files
+from tests.integration.conftest import GatewayFactory, dataset_bytes, send_files
 from tests.integration.test_find import find
 
 BOUND = 4
@@ -201,3 +207,45 @@ def _spec_of(ds: Dataset):  # type: ignore[no-untyped-def]
     return PixelSpec(rows=ds.Rows, columns=ds.Columns, samples_per_pixel=ds.SamplesPerPixel,
                      bits_allocated=ds.BitsAllocated, bits_stored=ds.BitsStored,
                      signed=ds.PixelRepresentation == 1, photometric=ds.PhotometricInterpretation)
+
+
+def _prepare_with_rules(tmp_path: Path, path: Path) -> PreparedInstance:
+    spool = tmp_path / "spool.dcm"
+    shutil.copyfile(path, spool)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    rules = tuple(PolicyRule.model_validate(rule) for rule in RULES)
+    job = IngestJob(spool, tmp_path / "out.blob", str(header.SOPClassUID), str(header.SOPInstanceUID), "ingest",
+                    "TESTSCU", rules)
+    return prepare(job)
+
+
+def test_a_failing_roi_coder_stores_the_received_instance_losslessly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("a bug in the mask or the coder")
+
+    monkeypatch.setattr(roi_ingest.roi, "encode_measured", broken)
+    prepared = _prepare_with_rules(tmp_path, FILES[0])
+    assert prepared.policy is not None and prepared.policy.mode == "lossless"
+    assert prepared.policy.reason == "ROI-hybrid coding failed: ValueError"
+    assert prepared.roi is None and prepared.source_sop_instance_uid is None
+    with (tmp_path / "out.blob").open("rb") as fp:
+        assert rebuild_bytes(fp) == dataset_bytes(FILES[0])
+
+
+def test_a_roi_blob_that_does_not_rebuild_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = instance_blob.iter_roi_frames
+
+    def off_by_one(section: Any) -> Any:  # a decoder that returns a different frame than was verified
+        for frame, mask, spec in real(section):
+            frame = frame.copy()
+            frame[0, 0] ^= 1
+            yield frame, mask, spec
+
+    monkeypatch.setattr(instance_blob, "iter_roi_frames", off_by_one)
+    prepared = _prepare_with_rules(tmp_path, FILES[0])
+    assert prepared.policy is not None and prepared.policy.mode == "lossless"
+    assert prepared.policy.reason == "ROI-hybrid blob did not verify"
+    assert prepared.codec_id != "roi-hybrid" and prepared.roi is None
+    with (tmp_path / "out.blob").open("rb") as fp:
+        assert rebuild_bytes(fp) == dataset_bytes(FILES[0])
