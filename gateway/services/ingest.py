@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.errors import DuplicateRejected, OutOfResources
-from gateway.instance_blob import PixelMode
+from gateway.instance_blob import ROI_CODEC_ID, PixelMode
 from gateway.metrics import Metrics, modality_label
 from gateway.policy import PolicyRule
 from gateway.services.pool import CodecPool, WorkerLost
@@ -211,6 +211,9 @@ class IngestService:
             m.roi.psnr.labels(modality, "outside").observe(figures.psnr_outside_db)
         if prepared.candidate is not None and prepared.fallback is None:
             m.codec_decisions.labels(budget, prepared.candidate).inc()
+        if prepared.roi_failure is Fallback.VERIFICATION_FAILED:
+            # Never expected: the coder verifies every frame. The alert on this counter must fire.
+            m.verification_failures.labels(ROI_CODEC_ID).inc()
         if prepared.fallback is not None and prepared.fallback is not Fallback.WORKER_LOST:
             m.fallbacks.labels(prepared.fallback.value).inc()
             if prepared.fallback is Fallback.VERIFICATION_FAILED:

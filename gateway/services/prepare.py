@@ -30,7 +30,7 @@ from gateway.metadata import HeaderAttrs, extract
 from gateway.pixels import native_layout
 from gateway.policy import HeaderFacts, PolicyDecision, PolicyRule, decide
 from gateway.services.roi_ingest import NotCoded, RoiCoded, code_instance
-from pixcodec import CodecError
+from pixcodec import CodecError, VerificationFailed
 from pixcodec.roi import RoiFigures
 from gateway.received import ReceivedDataset, dataset_sha256, open_received
 from pixcodec.decide import budget_named
@@ -79,6 +79,9 @@ class PreparedInstance:
     # ROI-hybrid: the received instance's UID (attrs describe the derived instance) and the figures.
     source_sop_instance_uid: str | None = None
     roi: RoiFigures | None = None
+    # ROI-hybrid was asked for and failed (coding error, or a blob that did not verify): the
+    # received instance was stored losslessly instead.
+    roi_failure: Fallback | None = None
 
 
 def prepare(job: IngestJob) -> PreparedInstance:
@@ -88,16 +91,19 @@ def prepare(job: IngestJob) -> PreparedInstance:
     _check_command_uids(attrs, job)
     dataset_digest = dataset_sha256(received)
     policy = None
+    roi_failure: Fallback | None = None
     budget = job.budget
     if job.rules is not None:
         policy = decide(HeaderFacts.of(received.header, str(received.transfer_syntax)), job.calling_ae_title, job.rules)
         budget = policy.ingest_budget if budget is not None else None
     if policy is not None and policy.roi is not None and budget is not None:
-        coded, why_not = _roi_hybrid(received, policy, job, budget)
+        coded, why_not, roi_failure = _roi_hybrid(received, policy, job, budget)
         stored = _store_derived(coded, received, job, policy) if coded is not None else None
         if stored is not None:
             return stored
-        policy = replace(policy, mode="lossless", roi=None, reason=why_not or "ROI-hybrid blob did not verify")
+        if coded is not None:
+            why_not, roi_failure = "ROI-hybrid blob did not verify", Fallback.VERIFICATION_FAILED
+        policy = replace(policy, mode="lossless", roi=None, reason=why_not)
     plan, pixel_digest = _plan(received, budget)
     fallback: Fallback | None = None
     detail: str | None = None
@@ -138,15 +144,18 @@ def prepare(job: IngestJob) -> PreparedInstance:
         planned_codec_id=planned,
         candidate=footer.extra.get("candidate") if footer is not None else None,
         policy=policy,
+        roi_failure=roi_failure,
     )
 
 
 def _roi_hybrid(received: ReceivedDataset, policy: PolicyDecision, job: IngestJob,
-                budget: str) -> tuple[RoiCoded | None, str]:
-    """The derived instance, or None and why the instance is to be stored losslessly instead."""
+                budget: str) -> tuple[RoiCoded | None, str, Fallback | None]:
+    """The derived instance, or None, why the instance is to be stored losslessly instead and,
+    when that is a failure rather than a choice, which."""
     assert policy.roi is not None
+    failure: Fallback | None = None
     try:
-        return code_instance(received, policy.roi, _derived_path(job), budget_named(budget)), ""
+        return code_instance(received, policy.roi, _derived_path(job), budget_named(budget)), "", None
     except NotCoded as exc:
         why_not = str(exc)
         log.info("ROI-hybrid not applied, storing losslessly: %s", why_not)
@@ -154,9 +163,10 @@ def _roi_hybrid(received: ReceivedDataset, policy: PolicyDecision, job: IngestJo
         raise
     except Exception as exc:  # a codec, mask or pydicom failure must not cost the instance
         why_not = f"ROI-hybrid coding failed: {type(exc).__name__}"
+        failure = Fallback.VERIFICATION_FAILED if isinstance(exc, VerificationFailed) else Fallback.CODEC_ERROR
         log.warning("ROI-hybrid coding failed, storing losslessly: %s: %s", type(exc).__name__, exc)
     _derived_path(job).unlink(missing_ok=True)
-    return None, why_not
+    return None, why_not, failure
 
 
 def _derived_path(job: IngestJob) -> Path:

@@ -25,7 +25,7 @@ from gateway import instance_blob
 from gateway.instance_blob import rebuild_bytes, roi_masks
 from gateway.policy import PolicyRule
 from gateway.services import roi_ingest
-from gateway.services.prepare import IngestJob, PreparedInstance, prepare
+from gateway.services.prepare import Fallback, IngestJob, PreparedInstance, prepare
 from gateway.services.rebuild import rebuild_instance, verify
 from pixcodec.roi import stored_values
 from storage.models import Instance
@@ -228,6 +228,7 @@ def test_a_failing_roi_coder_stores_the_received_instance_losslessly(
     prepared = _prepare_with_rules(tmp_path, FILES[0])
     assert prepared.policy is not None and prepared.policy.mode == "lossless"
     assert prepared.policy.reason == "ROI-hybrid coding failed: ValueError"
+    assert prepared.roi_failure is Fallback.CODEC_ERROR
     assert prepared.roi is None and prepared.source_sop_instance_uid is None
     with (tmp_path / "out.blob").open("rb") as fp:
         assert rebuild_bytes(fp) == dataset_bytes(FILES[0])
@@ -246,6 +247,7 @@ def test_a_roi_blob_that_does_not_rebuild_is_not_kept(tmp_path: Path, monkeypatc
     prepared = _prepare_with_rules(tmp_path, FILES[0])
     assert prepared.policy is not None and prepared.policy.mode == "lossless"
     assert prepared.policy.reason == "ROI-hybrid blob did not verify"
+    assert prepared.roi_failure is Fallback.VERIFICATION_FAILED  # counted, so the alert fires
     assert prepared.codec_id != "roi-hybrid" and prepared.roi is None
     with (tmp_path / "out.blob").open("rb") as fp:
         assert rebuild_bytes(fp) == dataset_bytes(FILES[0])
