@@ -1,7 +1,9 @@
 """`pacs-gateway policy explain`: which rule applies to a file, what it does, and measured sizes.
 
 The lossless size is what ingest would store: the same `prepare` the codec workers run, at the
-rule's ingest budget. The ROI-hybrid figures come from pixcodec.roi at the rule's bound.
+rule's ingest budget. The ROI-hybrid figures come from the same coding ingest runs
+(`gateway.services.roi_ingest`), with ingest's verdict on whether the saving is worth a lossy
+instance.
 """
 
 from __future__ import annotations
@@ -9,24 +11,16 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-from pydicom.uid import UID
-
-from gateway.errors import CannotUnderstand, GatewayError
-from gateway.pixels import native_layout
-from gateway.policy import HeaderFacts, PolicyDecision, PolicyRule, RoiParams, decide
+from gateway.errors import GatewayError
+from gateway.policy import HeaderFacts, PolicyDecision, PolicyRule, decide
 from gateway.received import ReceivedDataset, open_received
 from gateway.services.prepare import IngestJob, prepare
-from pixcodec import PixelSpec
-from pixcodec.roi import Rect, automatic_mask, combine, decode, encode, measure, rectangles_mask
-from pixcodec.roi.figures import RoiFigures
-from pixcodec.roi.geometry import rescale_of
+from gateway.services.roi_ingest import NotCoded, code_frames, native_source
+from pixcodec.decide import budget_named
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +64,9 @@ def explain(path: Path, rules: tuple[PolicyRule, ...], calling_ae: str) -> Expla
     try:
         lossless_bytes, lossless_codec = _lossless(received, decision)
         if decision.roi is not None:
-            roi = _roi_hybrid(received, decision.roi)
-            if roi is None:
-                note = "ROI-hybrid not measured: colour or unusual Pixel Data"
+            roi, note = _roi_hybrid(received, decision)
+    except NotCoded as exc:
+        note = f"ROI-hybrid not measured: {exc}"
     except GatewayError as exc:
         note = str(exc)
     return Explanation(
@@ -102,77 +96,21 @@ def _lossless(received: ReceivedDataset, decision: PolicyDecision) -> tuple[int,
     return prepared.blob_size, prepared.codec_id
 
 
-def _roi_hybrid(received: ReceivedDataset, params: RoiParams) -> RoiMeasurement | None:
-    pixel = received.pixel
-    if pixel is None:
-        return None
-    source = _encapsulated_frames(received) if pixel.encapsulated else _native_frames(received)
-    if source is None:
-        return None
-    spec, frames = source
-    header = received.header
-    modality = str(header.get("Modality", "")).strip().upper()
-    slope, intercept = rescale_of(header)
-    parts: list[RoiFigures] = []
-    for frame in frames:
-        if params.roi_source == "rectangles":
-            rects = [Rect(top, left, rows, columns) for top, left, rows, columns in params.rectangles]
-            mask = rectangles_mask((spec.rows, spec.columns), rects)
-        else:
-            mask = automatic_mask(frame, modality, photometric=spec.photometric,
-                                  bits_stored=spec.bits_stored, slope=slope, intercept=intercept)
-        blob = encode(frame, spec, mask, params.max_error)
-        decoded, _ = decode(blob)
-        parts.append(measure(frame, decoded, mask, spec, len(blob)))
-    total = combine(parts, spec)
-    instance = received.dataset_length - pixel.value_length + total.compressed_bytes
-    return RoiMeasurement(params.max_error, total.compressed_bytes, instance, total.roi_fraction, total.psnr_db,
-                          total.psnr_outside_db, total.max_error_outside)
-
-
-Frames = tuple[PixelSpec, Iterator[npt.NDArray[np.integer]]]
-
-
-def _native_frames(received: ReceivedDataset) -> Frames | None:
-    pixel = received.pixel
-    assert pixel is not None
-    layout = native_layout(received.header, UID(str(received.transfer_syntax)), pixel)
-    if layout is None:
-        return None
-
-    def frames() -> Iterator[npt.NDArray[np.integer]]:
-        with received.path.open("rb") as fp:
-            fp.seek(pixel.value_start)
-            for _ in range(layout.frames):
-                yield layout.frame_from_bytes(fp.read(layout.frame_nbytes))
-
-    return layout.spec, frames()
-
-
-def _encapsulated_frames(received: ReceivedDataset) -> Frames | None:
-    """Lossless encapsulated grey frames, decoded by pydicom, as stored values of the header's spec."""
-    from pydicom.pixels.utils import iter_pixels
-
-    header = received.header
-    bits = int(header.get("BitsAllocated", 0))
-    if int(header.get("SamplesPerPixel", 1)) != 1 or bits not in (8, 16):
-        return None
-    signed = int(header.get("PixelRepresentation", 0)) == 1 and bits == 16
-    spec = PixelSpec(
-        rows=int(header.Rows), columns=int(header.Columns), samples_per_pixel=1, bits_allocated=bits,
-        bits_stored=min(max(int(header.get("BitsStored", bits)), 1), bits), signed=signed,
-        photometric=str(header.get("PhotometricInterpretation", "")).strip() or "MONOCHROME2",
-        planar_configuration=0,
-    )
-
-    def frames() -> Iterator[npt.NDArray[np.integer]]:
-        try:
-            for frame in iter_pixels(received.path, raw=True):
-                yield np.ascontiguousarray(frame, dtype=spec.dtype)
-        except (ValueError, RuntimeError, NotImplementedError) as exc:
-            raise CannotUnderstand(f"encapsulated Pixel Data does not decode: {exc}") from exc
-
-    return spec, frames()
+def _roi_hybrid(received: ReceivedDataset, decision: PolicyDecision) -> tuple[RoiMeasurement, str | None]:
+    """The ROI-hybrid figures by the code ingest runs (same masks, same decoding of compressed
+    input), and why ingest would store the instance exactly instead, if it would."""
+    assert decision.roi is not None
+    with tempfile.TemporaryDirectory(prefix="pacsgw-explain-") as scratch:
+        with native_source(received, Path(scratch) / "native.dcm") as native:
+            frames = code_frames(native, decision.roi, budget_named(decision.ingest_budget or "ingest"))
+            native_pixel = native.pixel
+            assert native_pixel is not None
+            instance = native.dataset_length - native_pixel.value_length + frames.figures.compressed_bytes
+    total = frames.figures
+    measured = RoiMeasurement(decision.roi.max_error, total.compressed_bytes, instance, total.roi_fraction,
+                              total.psnr_db, total.psnr_outside_db, total.max_error_outside)
+    why_not = frames.verdict(decision.roi)
+    return measured, f"ingest stores it losslessly: {why_not}" if why_not else None
 
 
 def as_json(rows: list[Explanation]) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +54,98 @@ class NotCoded(Exception):
     """ROI-hybrid coding does not apply to this instance; the message says why (for the log)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CodedFrames:
+    """Every frame of a native instance coded ROI-hybrid and verified, before any decision."""
+
+    layout: NativeLayout
+    coded: tuple[bytes, ...]
+    decoded: tuple[npt.NDArray[np.integer], ...]
+    figures: RoiFigures
+    lossless_bytes: float  # what lossless coding would take: the smaller of JPEG-LS and the budget's pick
+    mask_description: str
+
+    def verdict(self, params: RoiParams) -> str | None:
+        """Why the instance is to stay exact, or None when storing it ROI-hybrid is worth it."""
+        total = self.figures
+        if total.roi_fraction == 1.0:
+            return "the region of interest covers the whole image"
+        if total.lossless:
+            return "ROI-hybrid coding leaves every pixel exact here"
+        saving = 1.0 - total.compressed_bytes / max(self.lossless_bytes, 1.0)
+        if saving < 0:
+            return f"lossless coding is {100 * -saving:.1f} % smaller than ROI-hybrid here"
+        if saving < params.min_saving:
+            return (f"ROI-hybrid saves {100 * saving:.1f} % over lossless here, "
+                    f"under the rule's {100 * params.min_saving:.0f} %")
+        return None
+
+
+@contextmanager
+def native_source(received: ReceivedDataset, scratch: Path) -> Iterator[ReceivedDataset]:
+    """The instance with native pixels: itself, or losslessly compressed input decoded into
+    `scratch` (removed afterwards). Raises NotCoded for pixel data ROI-hybrid cannot take."""
+    pixel = received.pixel
+    syntax = received.transfer_syntax
+    if pixel is None:
+        raise NotCoded("no separable pixel data")
+    if not (pixel.encapsulated or syntaxes.is_encapsulated(syntax)):
+        if not syntax.is_little_endian:
+            raise NotCoded("big endian pixel data")
+        yield received
+        return
+    if syntaxes.is_lossy(syntax):
+        raise NotCoded("pixel data in a lossy transfer syntax")
+    try:
+        yield _decompressed(received, scratch)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def code_frames(native: ReceivedDataset, params: RoiParams, lossless: Budget | None = None) -> CodedFrames:
+    """Code and verify every frame of a native little endian instance (`native_source`).
+
+    `lossless` is the budget the lossless path would code with: its pick on the probe frame
+    scales the baseline the saving is measured against. Raises NotCoded for a pixel layout the
+    codec does not take, VerificationFailed if a decoded frame breaks either guarantee.
+    """
+    pixel = native.pixel
+    assert pixel is not None
+    layout = native_layout(native.header, native.transfer_syntax, pixel)
+    if layout is None:
+        raise NotCoded("pixel layout not coded by the ROI-hybrid codec")
+    masks = _MaskSource(native.header, layout.spec, params)
+    coded: list[bytes] = []
+    decoded: list[npt.NDArray[np.integer]] = []
+    parts: list[RoiFigures] = []
+    jpeg_ls_bytes = 0
+    probe, probe_ratio = probe_index(layout.frames), 1.0
+    with native.path.open("rb") as fp:
+        fp.seek(native.dataset_offset + pixel.value_start)
+        for index in range(layout.frames):
+            frame = layout.frame_from_bytes(fp.read(layout.frame_nbytes))
+            mask = masks.mask(frame)
+            encoded = roi.encode_measured(frame, layout.spec, mask, params.max_error)
+            jpeg_ls_bytes += encoded.lossless_bytes
+            if index == probe and lossless is not None:
+                probe_ratio = _best_lossless(frame, layout.spec, lossless) / max(encoded.lossless_bytes, 1)
+            figures = roi.measure(frame, encoded.decoded, mask, layout.spec, len(encoded.blob))
+            if figures.max_error_inside != 0 or figures.max_error_outside > params.max_error:
+                raise VerificationFailed(
+                    f"ROI-hybrid frame off by {figures.max_error_inside} inside, "
+                    f"{figures.max_error_outside} outside (bound {params.max_error})")
+            coded.append(encoded.blob)
+            decoded.append(encoded.decoded)
+            parts.append(figures)
+    # Against the smaller of JPEG-LS and what the lossless path would pick (JPEG-XL can be far
+    # smaller, on ultrasound above all): no instance is made lossy to end up larger.
+    return CodedFrames(layout, tuple(coded), tuple(decoded), roi.combine(parts, layout.spec),
+                       jpeg_ls_bytes * min(probe_ratio, 1.0), masks.description)
+
+
 def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Path,
                   lossless: Budget | None = None) -> RoiCoded:
-    """Code every frame of a native instance ROI-hybrid and write the derived dataset.
+    """Code every frame ROI-hybrid and write the derived dataset.
 
     Losslessly compressed pixel data is decoded first; the derived instance then has native pixels
     in explicit VR little endian. Raises NotCoded when the instance is to be stored losslessly
@@ -62,73 +153,24 @@ def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Pa
     nothing outside, too small a saving), and VerificationFailed if a decoded frame breaks either
     guarantee.
     """
-    pixel = received.pixel
-    syntax = received.transfer_syntax
-    if pixel is None:
-        raise NotCoded("no separable pixel data")
-    if pixel.encapsulated or syntaxes.is_encapsulated(syntax):
-        if syntaxes.is_lossy(syntax):
-            raise NotCoded("pixel data in a lossy transfer syntax")
-        native = _decompressed(received, derived_path.with_name(derived_path.name + ".native"))
-        try:
-            return code_instance(native, params, derived_path, lossless)
-        finally:
-            native.path.unlink(missing_ok=True)
-    if not syntax.is_little_endian:
-        raise NotCoded("big endian pixel data")
-    layout = native_layout(received.header, syntax, pixel)
-    if layout is None:
-        raise NotCoded("pixel layout not coded by the ROI-hybrid codec")
-    masks = _MaskSource(received.header, layout.spec, params)
-    coded: list[bytes] = []
-    decoded: list[npt.NDArray[np.integer]] = []
-    parts: list[RoiFigures] = []
-    lossless_bytes = 0
-    probe, probe_ratio = probe_index(layout.frames), 1.0
-    with received.path.open("rb") as fp:
-        fp.seek(received.dataset_offset + pixel.value_start)
-        for index in range(layout.frames):
-            frame = layout.frame_from_bytes(fp.read(layout.frame_nbytes))
-            mask = masks.mask(frame)
-            encoded = roi.encode_measured(frame, layout.spec, mask, params.max_error)
-            blob, restored, lossless_bytes = encoded.blob, encoded.decoded, lossless_bytes + encoded.lossless_bytes
-            if index == probe and lossless is not None:
-                probe_ratio = _best_lossless(frame, layout.spec, lossless) / max(encoded.lossless_bytes, 1)
-            figures = roi.measure(frame, restored, mask, layout.spec, len(blob))
-            if figures.max_error_inside != 0 or figures.max_error_outside > params.max_error:
-                raise VerificationFailed(
-                    f"ROI-hybrid frame off by {figures.max_error_inside} inside, "
-                    f"{figures.max_error_outside} outside (bound {params.max_error})")
-            coded.append(blob)
-            decoded.append(restored)
-            parts.append(figures)
-    total = roi.combine(parts, layout.spec)
-    if total.roi_fraction == 1.0:
-        raise NotCoded("the region of interest covers the whole image")
-    # Against the smaller of JPEG-LS and what the lossless path would pick (JPEG-XL can be far
-    # smaller, on ultrasound above all): no instance is made lossy to end up larger.
-    saving = 1.0 - total.compressed_bytes / max(lossless_bytes * min(probe_ratio, 1.0), 1.0)
-    if total.lossless:
-        raise NotCoded("ROI-hybrid coding leaves every pixel exact here")
-    if saving < 0:
-        raise NotCoded(f"lossless coding is {100 * -saving:.1f} % smaller than ROI-hybrid here")
-    if saving < params.min_saving:
-        raise NotCoded(f"ROI-hybrid saves {100 * saving:.1f} % over lossless here, "
-                       f"under the rule's {100 * params.min_saving:.0f} %")
-    source_uid = str(received.header.SOPInstanceUID)
-    _write_derived(received, layout, decoded, total, masks.description, params, derived_path)
+    with native_source(received, derived_path.with_name(derived_path.name + ".native")) as native:
+        frames = code_frames(native, params, lossless)
+        why_not = frames.verdict(params)
+        if why_not is not None:
+            raise NotCoded(why_not)
+        _write_derived(native, frames, params, derived_path)
     derived = open_received(derived_path)
     derived_layout = native_layout(derived.header, derived.transfer_syntax, derived.pixel) if derived.pixel else None
-    if derived_layout is None or derived_layout.frames != layout.frames:
+    if derived_layout is None or derived_layout.frames != frames.layout.frames:
         raise VerificationFailed("the derived dataset's pixel layout differs from the coded frames")
     digest = hashlib.sha256()
-    for frame in decoded:
+    for frame in frames.decoded:
         digest.update(frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes())
     return RoiCoded(
         derived=derived,
-        plan=PixelPlan(PixelMode.ROI_HYBRID, derived_layout, roi_frames=tuple(coded)),
-        figures=total,
-        source_sop_instance_uid=source_uid,
+        plan=PixelPlan(PixelMode.ROI_HYBRID, derived_layout, roi_frames=frames.coded),
+        figures=frames.figures,
+        source_sop_instance_uid=str(received.header.SOPInstanceUID),
         pixel_sha256=digest.hexdigest(),
     )
 
@@ -207,17 +249,17 @@ def _overlay_mask(header: Dataset, shape: tuple[int, int]) -> npt.NDArray[np.boo
     return roi.overlay_mask(planes, shape, origins=origins)
 
 
-def _write_derived(received: ReceivedDataset, layout: NativeLayout, frames: list[npt.NDArray[np.integer]],
-                   figures: RoiFigures, mask_description: str, params: RoiParams, path: Path) -> None:
+def _write_derived(received: ReceivedDataset, frames: CodedFrames, params: RoiParams, path: Path) -> None:
+    layout, figures = frames.layout, frames.figures
     dataset = pydicom.dcmread(received.path, force=True)
     pixel = received.pixel
     assert pixel is not None
     with received.path.open("rb") as fp:
         fp.seek(received.dataset_offset + pixel.value_start + layout.frames_nbytes)
         tail = fp.read(pixel.value_length - layout.frames_nbytes)
-    dataset.PixelData = b"".join(layout.frame_to_bytes(frame) for frame in frames) + tail
+    dataset.PixelData = b"".join(layout.frame_to_bytes(frame) for frame in frames.decoded) + tail
     description = (
-        f"ROI-hybrid compression: {100 * figures.roi_fraction:.1f} % of pixel values ({mask_description}) "
+        f"ROI-hybrid compression: {100 * figures.roi_fraction:.1f} % of pixel values ({frames.mask_description}) "
         f"kept exact, the others at most {params.max_error} off (JPEG-LS near-lossless, ISO 14495-1)"
     )
     step = LossyStep(ratio=figures.ratio, method=roi.LOSSY_METHOD, description=description)
