@@ -98,25 +98,18 @@ class PredCodec:
             maxval = len(present) - 1
         # (flags, weights, thresholds, table bytes) of each predictor worth a trial.
         options: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], bytes]] = []
-        if image.size >= _TRY_SINGLE_BELOW:
+        if image.size < _TRY_SINGLE_BELOW:
+            fitted = fit_predictor(image, classes=False)
+            if fitted is not None:
+                weights, thresholds = fitted
+                options.append((FLAG_TABLES | FLAG_SINGLE, weights, thresholds, weights[0].astype("<i2").tobytes()))
+        if image.size >= _TRY_FIXED_BELOW:
             fitted = fit_predictor(image)
             if fitted is not None:
                 weights, thresholds = fitted
                 options.append((FLAG_TABLES, weights, thresholds,
                                 np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes()
                                 + weights.astype("<i2").tobytes()))
-        else:
-            fitted = fit_predictor(image, classes=False)
-            if fitted is not None:
-                weights, thresholds = fitted
-                options.append((FLAG_TABLES | FLAG_SINGLE, weights, thresholds, weights[0].astype("<i2").tobytes()))
-            if image.size >= _TRY_FIXED_BELOW:
-                fitted = fit_predictor(image)
-                if fitted is not None:
-                    weights, thresholds = fitted
-                    options.append((FLAG_TABLES, weights, thresholds,
-                                    np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes()
-                                    + weights.astype("<i2").tobytes()))
         if not options or image.size < _TRY_FIXED_BELOW:
             weights, thresholds = default_predictor()
             options.append((0, weights, thresholds, b""))
