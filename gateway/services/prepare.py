@@ -89,7 +89,6 @@ def prepare(job: IngestJob) -> PreparedInstance:
     received = open_received(job.spool_path)
     attrs = extract(received.header)
     _check_command_uids(attrs, job)
-    dataset_digest = dataset_sha256(received)
     policy = None
     roi_failure: Fallback | None = None
     budget = job.budget
@@ -104,6 +103,7 @@ def prepare(job: IngestJob) -> PreparedInstance:
         if coded is not None:
             why_not, roi_failure = "ROI-hybrid blob did not verify", Fallback.VERIFICATION_FAILED
         policy = replace(policy, mode="lossless", roi=None, reason=why_not)
+    dataset_digest = dataset_sha256(received)  # not needed when a derived instance is stored instead
     plan, pixel_digest = _plan(received, budget)
     fallback: Fallback | None = None
     detail: str | None = None
