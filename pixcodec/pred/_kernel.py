@@ -108,16 +108,21 @@ def _log4(v):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump):
+def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump, tol):
     """Encode `img` into `buf` (encode=True) or decode `buf[:in_len]` into `img`.
 
     `img` is int32 (rows, columns). A `dump` of rows x columns rows receives each pixel's
     context features, its hand-designed context and its error (training data for model.py).
+    A `tol` of rows x columns values is each pixel's allowed absolute error (near-lossless with
+    in-loop quantisation: the encoder overwrites `img` with what the decoder will rebuild);
+    empty, every pixel is exact and the bitstream is the lossless one. Pixels with a tolerance
+    have probability rows of their own, so exact pixels code as they would without them.
     Returns (status, bytes written or read).
     """
     rows, cols = img.shape
     hidden = net_w1.shape[0]
     dumping = dump.shape[0] == rows * cols
+    tolerant = tol.shape[0] == rows * cols
     feats = np.zeros(N_FEATURES, dtype=np.int64)
 
     # The range coder (LZMA's): its state lives in these locals, and every binary decision of
@@ -138,7 +143,7 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     status = STATUS_OK
 
     # Per row and slot: fast estimate, slow estimate, observations so far (capped), padding.
-    prob = np.zeros((N_CTX + N_BCTX, N_SLOTS, 4), dtype=np.int32)
+    prob = np.zeros(((N_CTX + N_BCTX) * (2 if tolerant else 1), N_SLOTS, 4), dtype=np.int32)
     prob[:, :, 0] = _EST_ONE >> 1
     prob[:, :, 1] = _EST_ONE >> 1
     bias_sum = np.zeros(N_BIAS, dtype=np.int64)
@@ -177,21 +182,26 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
             nn = np.int64(img[y - 2, x]) if y > 1 else n
             xi = x + 1
             value = np.int64(img[y, x]) if encode else np.int64(0)
+            allow = np.int64(tol[y * cols + x]) if tolerant else np.int64(0)
+            # Tolerant pixels: quantisation step of the residual, and the first of their rows.
+            qstep = 2 * allow + 1
+            rbase = N_CTX + N_BCTX if allow > 0 else 0
 
             # Two-value mode: where the neighbourhood holds at most two values (flat padding,
-            # burned-in text, masks), first ask whether the pixel repeats one of them.
+            # burned-in text, masks), first ask whether the pixel repeats one of them. With a
+            # tolerance, "repeats" means within it: JPEG-LS run mode's idea.
             pattern = 0
             other = w
             two = True
             for i, v in enumerate((n, nw, ne, ww, nn)):
-                if v == w:
+                if abs(v - w) <= allow:
                     pattern |= 1 << i
                 elif other == w:
                     other = v
-                elif v != other:
+                elif abs(v - other) > allow:
                     two = False
                     break
-            brow = N_CTX + pattern + (32 if other != w else 0)
+            brow = rbase + N_CTX + pattern + (32 if other != w else 0)
 
             # Regular-mode state, set in the S_PRED stage.
             row = 0
@@ -246,6 +256,8 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
 
                     # Activity: what neighbouring errors and the local gradient say about this error.
                     act = (abs(rw) + abs(rn) + (abs(rnw) + abs(rne)) // 2) + (near >> 2) + (grad << 1)
+                    if allow > 0:
+                        act //= qstep  # the quantised residual's scale
                     q = _bitlength(act)
                     if hidden > 0 or dumping:
                         feats[0] = _log4(abs(rw))
@@ -256,7 +268,7 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                         feats[5] = _log4(grad << 3)
                         feats[6] = _log4(act)
                         feats[7] = (pred8 >> 3) >> int_shift16
-                    if hidden == 0:
+                    if hidden == 0 or allow > 0:
                         ctx = 2 * q
                         if q >= 2 and (act >> (q - 2)) & 1:
                             ctx += 1
@@ -279,7 +291,7 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                     ic = 0
                     while ic < N_INT - 1 and pv > cls_thr[N_GCLS - 1 + ic]:
                         ic += 1
-                    row = ctx + N_ACT * ic
+                    row = rbase + ctx + N_ACT * ic
 
                     # Bias cancellation per activity octave and texture pattern (CALIC-style).
                     p_int = pred8 >> 3
@@ -300,7 +312,7 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                     sn = 0 if rn == 0 else (1 if rn > 0 else 2)
                     sctx = _P_SIGN + sw * 3 + sn
                     e = value - pred
-                    mag = abs(e)
+                    mag = abs(e) if allow == 0 else (abs(e) + allow) // qstep
                     neg = 1 if e < 0 else 0
                     k = _bitlength(mag - 1)
                     # The ladder starts at the class the activity makes likely.
@@ -314,11 +326,11 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                 if stage == S_TWO1:
                     r = brow
                     slot = 0
-                    bit = 1 if value == w else 0
+                    bit = 1 if abs(value - w) <= allow else 0
                 elif stage == S_TWO2:
                     r = brow
                     slot = 1
-                    bit = 1 if value == other else 0
+                    bit = 1 if abs(value - other) <= allow else 0
                 elif stage == S_ZERO:
                     slot = _P_ZERO
                     bit = 1 if mag == 0 else 0
@@ -470,16 +482,19 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                         stage = S_M1
 
             if hit:
-                if not encode:
+                if not encode or allow > 0:
                     img[y, x] = value
                 res[cur, xi] = (value - w) << 3
                 lerr[cur, xi] = abs(value - w) << 3
                 continue
-            if not encode:
-                value = pred + (-mag if neg else mag)
-                if value < 0 or value > maxval:
+            if not encode or allow > 0:
+                value = pred + (-mag if neg else mag) * qstep
+                # A tolerant pixel may land up to `allow` beyond the range and is clamped back (which
+                # only brings it closer to the original); anything further is corruption.
+                if value < -allow or value > maxval + allow:
                     status = STATUS_CORRUPT
                     break
+                value = min(max(value, 0), maxval)
                 img[y, x] = value
 
             v8 = value << 3

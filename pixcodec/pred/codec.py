@@ -242,9 +242,13 @@ _EMPTY_1 = np.zeros(1, dtype=np.int64)
 _NO_DUMP = np.zeros((0, k.N_FEATURES + 2), dtype=np.int64)
 
 
+_NO_TOLERANCE = np.zeros(0, dtype=np.uint8)
+
+
 def _run(image: npt.NDArray[np.int32], encode: bool, maxval: int, weights: npt.NDArray[np.int64],
          thresholds: npt.NDArray[np.int64], model: ContextModel | None, buf: npt.NDArray[np.uint8],
-         in_length: int, dump: npt.NDArray[np.int64] = _NO_DUMP) -> tuple[int, int]:
+         in_length: int, dump: npt.NDArray[np.int64] = _NO_DUMP,
+         tolerance: npt.NDArray[np.uint8] = _NO_TOLERANCE) -> tuple[int, int]:
     """The typed door to the compiled kernel: every call has the same argument types, so numba
     compiles (or loads from its cache) one specialisation only."""
     if model is None:
@@ -252,7 +256,7 @@ def _run(image: npt.NDArray[np.int32], encode: bool, maxval: int, weights: npt.N
     else:
         w1, b1, w2, b2 = model.w1, model.b1, model.w2, model.b2
     status, length = k.code_frame(image, bool(encode), int(maxval), weights, thresholds, w1, b1, w2, b2, buf,
-                                  int(in_length), dump)
+                                  int(in_length), dump, tolerance)
     return int(status), int(length)
 
 
@@ -264,7 +268,7 @@ def default_predictor() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     return weights, thresholds
 
 
-def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True
+def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True, row_step: int = 1
                   ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
     """Least-squares weights per class, and the class thresholds, fitted to `image`; None
     where there is too little texture to fit (the fixed predictor then costs no table).
@@ -274,14 +278,16 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True
     contexts come along (see _INTENSITY_QUANTILES). Samples are weighted by 1 / (gradient + 4): plain least squares would follow the few
     large errors at edges, which cost little in a log-magnitude code, and neglect the many small
     ones that set the size. Flat neighbourhoods are left out: they cost nothing however predicted.
-    With `classes` False, one weight set serves every pixel (and every class holds it).
+    With `classes` False, one weight set serves every pixel (and every class holds it). A
+    `row_step` above 1 fits on every so many rows only: that much faster, for callers that
+    trade a little prediction for time.
     """
     weights, thresholds = default_predictor()
     rows, cols = image.shape
     if rows < 4 or cols < 7:
         return None
     flat = image.astype(np.int64).ravel()
-    ys, xs = np.mgrid[3:rows, 3:cols - 3]
+    ys, xs = np.mgrid[3:rows:row_step, 3:cols - 3]
     at = (ys * cols + xs).ravel()  # the interior, where every tap is inside the image
 
     def tap(dy: int, dx: int, where: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

@@ -1,8 +1,9 @@
 """ROI-hybrid coding of one frame: bit-exact inside a mask, |error| <= a bound everywhere else.
 
 All coding is integer: JPEG-LS (ISO/IEC 14495-1, CharLS through pyjpegls) lossless and
-near-lossless, zstd for the mask, the in-mask correction and any bits above Bits Stored. Each
-frame is coded in whichever of three layouts is smallest for it (see `Layout`), and the blob
+near-lossless, our `pred` model with a per-pixel tolerance, zstd for the mask, the in-mask
+correction and any bits above Bits Stored. Each frame is coded in whichever of the layouts is
+smallest for it (see `Layout`), and the blob
 is decoded again before `encode` returns it, so both guarantees hold for every blob handed out.
 The byte layout is documented in docs/roi-hybrid.md; any blob this module ever wrote decodes
 with any later release.
@@ -25,6 +26,7 @@ import numpy.typing as npt
 import zstandard
 
 from ..base import CodecError, CorruptBitstream, PixelSpec, UnsupportedPixelSpec, VerificationFailed
+from ..pred.near import decode_within, encode_within
 from ..standard.jpeg_ls import charls_encode
 from .masks import Mask
 
@@ -44,8 +46,10 @@ __all__ = [
 ]
 
 MAGIC = b"\x89PXR\r\n\x1a\n"  # PNG-style, as the container's: catches text-mode mangling
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+# Version 2 added the PRED layout; everything else is as in version 1, which stays readable.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_FIRST_VERSION_WITH = {0: 1, 1: 1, 2: 1, 3: 2}  # layout value -> format version that introduced it
 
 # (0028,2114) Lossy Image Compression Method for what the lossy part is: JPEG-LS near-lossless.
 LOSSY_METHOD = "ISO_14495_1"
@@ -81,6 +85,11 @@ class Layout(IntEnum):
     # section); the decoder takes each pixel from the layer that owns it. No residual to code,
     # at the price of the two edges along the ROI outline.
     TWO_LAYERS = 2
+    # One `pred` stream (pixcodec.pred.near) with a per-pixel tolerance: 0 in the mask, NEAR
+    # outside, quantised in the loop. No second pass over the ROI and no edges; the
+    # context-adaptive binary coder also spends well under a bit per pixel where JPEG-LS's
+    # Golomb codes cannot (noise-flat air at a coarse step). One-sample frames only.
+    PRED = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +144,7 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
     """Code `frame`: pixels where `mask` is True exactly, the rest within `max_error`.
 
     `mask` has shape (rows, columns) and applies to every sample of a pixel. The smallest of
-    `layouts` (all by default) is kept; LOSSLESS is always among the candidates, so a bound of 0
+    `layouts` (by default those that can win on such a frame) is kept; LOSSLESS is always among the candidates, so a bound of 0
     or a mask covering everything gives a plain lossless blob. Raises UnsupportedPixelSpec for
     frames JPEG-LS cannot code (more than 16 bits stored, 4 samples), and VerificationFailed if
     the decoded blob breaks either guarantee (a bug, never expected).
@@ -146,11 +155,15 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
     values, high = _split(frame, spec)
     precision = max(2, spec.bits_stored)
     near = min(max_error, 255, ((1 << precision) - 1) // 2)
-    wanted = set(Layout if layouts is None else layouts) | {Layout.LOSSLESS}
+    wanted = set(_default_layouts(spec) if layouts is None else layouts) | {Layout.LOSSLESS}
     sample_mask = _sample_mask(mask, spec)
     outside = not bool(sample_mask.all())
     candidates: list[tuple[Layout, bytes, bytes]] = [(Layout.LOSSLESS, _jls_encode(values, 0, precision, spec), b"")]
     if near > 0 and outside:
+        if Layout.PRED in wanted and spec.samples_per_pixel == 1:
+            tolerance = np.where(mask, 0, near).astype(np.uint8)
+            payload, _ = encode_within(values, (1 << precision) - 1, tolerance)
+            candidates.append((Layout.PRED, payload, b""))
         if Layout.CORRECTION in wanted:
             base = _jls_encode(values, near, precision, spec)
             approximate = _jls_decode(base, spec, precision, near)
@@ -169,6 +182,14 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
                      mask_section, base, extra, high_section)
     decoded = _verify(blob, frame, spec, mask, max_error)
     return Encoded(blob, len(candidates[0][1]), decoded)
+
+
+def _default_layouts(spec: PixelSpec) -> tuple[Layout, ...]:
+    # On one-sample frames PRED is smaller than TWO_LAYERS wherever either saves anything
+    # (every CT, MR, CR/DX/MG and XA frame of the benchmark), so that encode is not worth its time.
+    if spec.samples_per_pixel == 1:
+        return Layout.LOSSLESS, Layout.CORRECTION, Layout.PRED
+    return Layout.LOSSLESS, Layout.CORRECTION, Layout.TWO_LAYERS
 
 
 def decode(blob: bytes) -> tuple[npt.NDArray[np.integer], Mask]:
@@ -216,6 +237,8 @@ def read_header(blob: bytes) -> RoiHeader:
         raise CorruptBitstream(f"malformed header: {exc}") from exc
     if representation not in (0, 1) or near > max_error or (kind is Layout.LOSSLESS) != (near == 0):
         raise CorruptBitstream("header fields contradict each other")
+    if version < _FIRST_VERSION_WITH[kind] or (kind is Layout.PRED and (samples != 1 or extra_length)):
+        raise CorruptBitstream(f"layout {kind.name} cannot occur in a version {version} blob of {samples} samples")
     if length + mask_length + base_length + extra_length + high_length != len(data):
         raise CorruptBitstream(f"sections of {mask_length}+{base_length}+{extra_length}+{high_length} bytes "
                                f"do not fill the {len(data) - length} bytes after the header")
@@ -399,6 +422,10 @@ def _reconstruct(blob: bytes, header: RoiHeader) -> tuple[npt.NDArray[np.integer
         if corrected.size and (int(corrected.min()) < 0 or int(corrected.max()) >= 1 << precision):
             raise CorruptBitstream("corrected values outside the stored range")
         values = corrected.astype(values.dtype)
+    elif header.layout is Layout.PRED:
+        tolerance = np.where(mask, 0, header.near).astype(np.uint8)
+        rebuilt = decode_within(base, spec.rows, spec.columns, (1 << precision) - 1, tolerance)
+        values = rebuilt.astype(np.uint8 if precision <= 8 else np.uint16)
     else:
         outside = _jls_decode(base, spec, precision, header.near)
         inside = _jls_decode(extra, spec, precision, 0)

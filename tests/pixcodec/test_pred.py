@@ -20,6 +20,7 @@ import pytest
 from pixcodec import CorruptBitstream, PixelSpec, UnsupportedPixelSpec, default_registry, preprocess
 from pixcodec.pred import PredCodec, shipped_models
 from pixcodec.pred.codec import _HEAD, FLAG_MODEL, FLAG_PACKED, FLAG_TABLES, fit_predictor
+from pixcodec.pred.near import decode_within, encode_within
 
 from .corpus_frames import manifest, raw_frames, spec_of
 from .helpers import make_spec, round_trip, smooth_frame
@@ -212,3 +213,31 @@ def test_the_archive_decision_takes_pred_where_it_wins() -> None:
     sizes = {t.name: t.size for t in decision.trials if t.size is not None}
     assert decision.candidate.name == "pred", sizes
     assert sizes["pred"] < sizes["jpeg-xl-e7"]
+
+
+def test_near_lossless_honours_each_pixels_tolerance() -> None:
+    """`pred.near`: exact where the tolerance is 0, within it elsewhere, and the encoder's
+    rebuilt frame is exactly what the decoder gives."""
+    frame, spec = _ct_slice()
+    maxval = (1 << spec.bits_stored) - 1
+    tolerance = np.zeros(frame.shape, dtype=np.uint8)
+    tolerance[:, : spec.columns // 2] = 4
+    tolerance[: spec.rows // 4] = 1
+    payload, rebuilt = encode_within(frame, maxval, tolerance)
+    decoded = decode_within(payload, spec.rows, spec.columns, maxval, tolerance)
+    assert np.array_equal(decoded, rebuilt)
+    error = np.abs(decoded.astype(np.int64) - frame.astype(np.int64))
+    assert not error[tolerance == 0].any()
+    assert int(error[tolerance == 1].max()) == 1 and int(error[tolerance == 4].max()) == 4
+    assert len(payload) < len(PredCodec.default().encode(frame, spec))
+
+
+def test_near_lossless_with_no_tolerance_is_exact() -> None:
+    frame, spec = _ct_slice()
+    maxval = (1 << spec.bits_stored) - 1
+    exact = np.zeros(frame.shape, dtype=np.uint8)
+    payload, rebuilt = encode_within(frame, maxval, exact)
+    assert np.array_equal(rebuilt, frame)
+    assert np.array_equal(decode_within(payload, spec.rows, spec.columns, maxval, exact), frame)
+    with pytest.raises(ValueError):
+        decode_within(payload, spec.rows, spec.columns, maxval, exact[1:])

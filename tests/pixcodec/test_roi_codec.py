@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from typing import Any
 
 import numpy as np
@@ -133,7 +134,7 @@ def test_header_labels_the_blob() -> None:
     assert header.near in (0, 2)
 
 
-@pytest.mark.parametrize("layout", [Layout.CORRECTION, Layout.TWO_LAYERS])
+@pytest.mark.parametrize("layout", [Layout.CORRECTION, Layout.TWO_LAYERS, Layout.PRED])
 def test_each_layout_round_trips(layout: Layout) -> None:
     spec, cases = corpus_case("ct/barre_ct_brain_signed.dcm")
     frame, mask = cases[0]
@@ -236,3 +237,31 @@ def test_unknown_format_version_is_refused() -> None:
     blob[8] = 99
     with pytest.raises(CorruptBitstream, match="version"):
         decode(bytes(blob))
+
+
+def _with_version(blob: bytes, version: int) -> bytes:
+    """`blob` with its header's format version rewritten and the header checksum made good."""
+    length = int.from_bytes(blob[10:12], "little")
+    head = bytearray(blob[:length - 4])
+    head[8:10] = version.to_bytes(2, "little")
+    return bytes(head) + (zlib.crc32(head) & 0xFFFFFFFF).to_bytes(4, "little") + blob[length:]
+
+
+@pytest.mark.parametrize("layout", [Layout.LOSSLESS, Layout.CORRECTION, Layout.TWO_LAYERS])
+def test_version_1_blobs_still_decode(layout: Layout) -> None:
+    blob = sample_blobs()[layout]
+    assert np.array_equal(decode(_with_version(blob, 1))[0], decode(blob)[0])
+
+
+def test_pred_layout_is_refused_in_a_version_1_blob() -> None:
+    with pytest.raises(CorruptBitstream, match="PRED"):
+        decode(_with_version(sample_blobs()[Layout.PRED], 1))
+
+
+def test_pred_layout_is_the_smallest_on_ct_outside_the_body() -> None:
+    """The context-coded layout beats both JPEG-LS layouts where much of the slice is air."""
+    spec, cases = corpus_case("ct/pancreas_ct_philips_series/slice_020.dcm")
+    frame, mask = cases[0]
+    sizes = {layout: len(encode(frame, spec, mask, 4, layouts=[layout])) for layout in Layout}
+    assert read_header(encode(frame, spec, mask, 4)).layout is Layout.PRED
+    assert sizes[Layout.PRED] < 0.95 * min(sizes[Layout.CORRECTION], sizes[Layout.TWO_LAYERS])
