@@ -158,28 +158,32 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
     wanted = set(_default_layouts(spec) if layouts is None else layouts) | {Layout.LOSSLESS}
     sample_mask = _sample_mask(mask, spec)
     outside = not bool(sample_mask.all())
-    candidates: list[tuple[Layout, bytes, bytes]] = [(Layout.LOSSLESS, _jls_encode(values, 0, precision, spec), b"")]
+    # (layout, base, extra, the values the decoder will give where the encoder knows them)
+    candidates: list[tuple[Layout, bytes, bytes, npt.NDArray[np.unsignedinteger] | None]] = [
+        (Layout.LOSSLESS, _jls_encode(values, 0, precision, spec), b"", values)]
     if near > 0 and outside:
         if Layout.PRED in wanted and spec.samples_per_pixel == 1:
             tolerance = np.where(mask, 0, near).astype(np.uint8)
-            payload, _ = encode_within(values, (1 << precision) - 1, tolerance)
-            candidates.append((Layout.PRED, payload, b""))
+            payload, rebuilt = encode_within(values, (1 << precision) - 1, tolerance)
+            candidates.append((Layout.PRED, payload, b"", rebuilt.astype(values.dtype)))
         if Layout.CORRECTION in wanted:
             base = _jls_encode(values, near, precision, spec)
             approximate = _jls_decode(base, spec, precision, near)
-            candidates.append((Layout.CORRECTION, base, _correction(values, approximate, sample_mask, near)))
+            candidates.append((Layout.CORRECTION, base, _correction(values, approximate, sample_mask, near),
+                               np.where(sample_mask, values, approximate)))
         if Layout.TWO_LAYERS in wanted and sample_mask.any():
             fill_inside = _median(values[~sample_mask])
             fill_outside = _median(values[sample_mask])
             base = _jls_encode(np.where(sample_mask, fill_inside, values).astype(values.dtype), near, precision, spec)
             extra = _jls_encode(np.where(sample_mask, values, fill_outside).astype(values.dtype), 0, precision, spec)
-            candidates.append((Layout.TWO_LAYERS, base, extra))
+            candidates.append((Layout.TWO_LAYERS, base, extra, None))
     mask_section = _compress(np.packbits(mask, bitorder="little").tobytes())
     high_section = _compress(high.tobytes()) if high is not None else b""
     # Everything but the coded pixels is the same for every layout, so their sizes decide.
-    layout, base, extra = min(candidates, key=lambda candidate: len(candidate[1]) + len(candidate[2]))
+    layout, base, extra, expected = min(candidates, key=lambda candidate: len(candidate[1]) + len(candidate[2]))
     blob = _assemble(spec, layout, max_error, near if layout is not Layout.LOSSLESS else 0,
-                     mask_section, base, extra, high_section)
+                     mask_section, base, extra, high_section,
+                     _join(expected, high, spec) if expected is not None else None)
     decoded = _verify(blob, frame, spec, mask, max_error)
     return Encoded(blob, len(candidates[0][1]), decoded)
 
@@ -376,19 +380,22 @@ def _unpack_digits(data: bytes, base: int, count: int) -> npt.NDArray[np.int32]:
 
 
 def _assemble(spec: PixelSpec, layout: Layout, max_error: int, near: int, mask_section: bytes, base: bytes,
-              extra: bytes, high_section: bytes) -> bytes:
+              extra: bytes, high_section: bytes, expected: npt.NDArray[np.integer] | None) -> bytes:
+    """The blob; `expected`, when the encoder knows it, is the frame the sections decode to
+    (the verifying decode that follows fails on the frame checksum if it is not)."""
     sections = mask_section + base + extra + high_section
     photometric = spec.photometric.encode("ascii")
     length = _PREFIX.size + _FIELDS.size + 1 + len(photometric) + _CRC.size
-    # The decoded frame's checksum is only known after decoding; it is patched in below.
+    # Without `expected`, the decoded frame's checksum is only known after decoding; it is patched in below.
     head = (_PREFIX.pack(MAGIC, FORMAT_VERSION, length)
             + _FIELDS.pack(spec.rows, spec.columns, spec.samples_per_pixel, spec.bits_allocated, spec.bits_stored,
                            int(spec.signed), spec.planar_configuration, int(layout), max_error, near,
                            len(mask_section), len(base), len(extra), len(high_section), _crc(sections), 0)
             + bytes([len(photometric)]) + photometric)
-    provisional = head + _CRC.pack(_crc(head)) + sections
-    header = read_header(provisional)
-    frame, _ = _reconstruct(provisional, header)
+    frame = expected
+    if frame is None:
+        provisional = head + _CRC.pack(_crc(head)) + sections
+        frame, _ = _reconstruct(provisional, read_header(provisional))
     head = head[:_PREFIX.size + _FIELDS.size - _CRC.size] + _CRC.pack(_crc(frame)) + head[_PREFIX.size + _FIELDS.size:]
     return head + _CRC.pack(_crc(head)) + sections
 
