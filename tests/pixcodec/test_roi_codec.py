@@ -20,6 +20,7 @@ from pixcodec.roi import (
     combine,
     decode,
     encode,
+    encode_measured,
     lossy_attributes,
     measure,
     read_header,
@@ -265,3 +266,13 @@ def test_pred_layout_is_the_smallest_on_ct_outside_the_body() -> None:
     sizes = {layout: len(encode(frame, spec, mask, 4, layouts=[layout])) for layout in Layout}
     assert read_header(encode(frame, spec, mask, 4)).layout is Layout.PRED
     assert sizes[Layout.PRED] < 0.95 * min(sizes[Layout.CORRECTION], sizes[Layout.TWO_LAYERS])
+
+
+@pytest.mark.parametrize("layout", list(Layout))
+def test_unverified_encode_names_exactly_what_the_blob_decodes_to(layout: Layout) -> None:
+    spec, cases = corpus_case("ct/barre_ct_brain_signed.dcm")
+    frame, mask = cases[0]
+    encoded = encode_measured(frame, spec, mask, 4, layouts=[layout], verify=False)
+    decoded, _ = decode(encoded.blob)
+    assert np.array_equal(decoded, encoded.decoded)
+    assert np.array_equal(encoded.decoded[mask], frame[mask])
