@@ -27,6 +27,7 @@ from gateway.services.ingest import IngestService
 from gateway.services.pool import CodecPool
 from gateway.services.query import QueryService
 from gateway.services.retrieve import RetrieveService
+from gateway.services.structures import StructureLookup
 from pixcodec import default_registry
 from storage.archive_queue import ArchiveQueue
 from storage.blobs.base import BlobStore
@@ -135,6 +136,7 @@ class Gateway:
             spool_dir=settings.spool_path,
             duplicates=settings.ingest.duplicates,
             rules=settings.policy.rules,
+            structures=StructureLookup(self.engine, self.blobs),
         )
         self.query = QueryService(self.engine, self.blobs, ae_title=settings.dicom.ae_title)
         # Two instances per codec worker ahead of each retrieval keep every worker busy.

@@ -13,12 +13,17 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
 from gateway.errors import DuplicateRejected, OutOfResources
 from gateway.instance_blob import ROI_CODEC_ID, PixelMode
 from gateway.metrics import Metrics, modality_label
-from gateway.policy import PolicyRule
+from gateway.policy import HeaderFacts, PolicyRule, decide
 from gateway.services.pool import CodecPool, WorkerLost
 from gateway.services.prepare import Fallback, IngestJob, PreparedInstance, prepare, run_job
+from gateway.services.roi_ingest import StructureMask
+from gateway.services.structures import StructureLookup
 from pixcodec.roi import RoiFigures
 from storage.blobs.base import BlobStore, BlobStoreError
 from storage.db import IndexUnavailable
@@ -82,12 +87,15 @@ class IngestService:
         duplicates: DuplicatePolicy,
         budget: str = "ingest",
         rules: tuple[PolicyRule, ...] = (),
+        structures: StructureLookup | None = None,
     ) -> None:
         self._index, self._blobs, self._pool, self._metrics = index, blobs, pool, metrics
         self._spool_dir = spool_dir
         self._duplicates = duplicates
         self._budget = budget
         self._rules = rules
+        # Only a configured ROI-hybrid rule can use what structure objects mark.
+        self._structures = structures if any(rule.mode == "roi-hybrid" for rule in rules) else None
 
     def store(self, request: StoreRequest) -> StoreResult:
         """Store one received dataset durably; raises GatewayError with the reason it was not."""
@@ -112,6 +120,7 @@ class IngestService:
             budget=self._budget,
             calling_ae_title=request.calling_ae_title,
             rules=self._rules,
+            structures=self._structures_for(request),
         )
         try:
             return self._pool.run(run_job, job)
@@ -120,6 +129,23 @@ class IngestService:
             log.error("codec worker died; storing the instance as received", extra={"fields": {"error": str(exc)}})
             prepared = prepare(replace(job, budget=None))
             return replace(prepared, fallback=Fallback.WORKER_LOST, fallback_detail=str(exc))
+
+    def _structures_for(self, request: StoreRequest) -> StructureMask | None:
+        """What the study's stored SEG and RT Structure Set objects mark on this image, when the
+        policy codes it ROI-hybrid. Any trouble here leaves it to the worker, which refuses what
+        does not parse and codes the rest with its own region only (logged)."""
+        if self._structures is None:
+            return None
+        try:
+            header = pydicom.dcmread(request.spool_path, stop_before_pixels=True)
+            policy = decide(HeaderFacts.of(header), request.calling_ae_title, self._rules)
+            if policy.roi is None or policy.roi.roi_source != "auto":
+                return None
+            return self._structures.for_image(header)
+        except (IndexUnavailable, InvalidDicomError, OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            log.warning("segmentations and structure sets of the study not looked up",
+                        extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
+            return None
 
     def _put(self, blob_path: Path) -> BlobRef:
         try:

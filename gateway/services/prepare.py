@@ -29,7 +29,7 @@ from gateway.instance_blob import BlobFormatError, Footer, PixelMode, PixelPlan,
 from gateway.metadata import HeaderAttrs, extract
 from gateway.pixels import native_layout
 from gateway.policy import HeaderFacts, PolicyDecision, PolicyRule, decide
-from gateway.services.roi_ingest import NotCoded, RoiCoded, code_instance
+from gateway.services.roi_ingest import NotCoded, RoiCoded, StructureMask, code_instance
 from pixcodec import CodecError, VerificationFailed
 from pixcodec.roi import RoiFigures
 from gateway.received import ReceivedDataset, dataset_sha256, open_received
@@ -56,6 +56,9 @@ class IngestJob:
     calling_ae_title: str = ""
     # The configured policy rules; the matched rule's budget replaces `budget` (unless it is None).
     rules: tuple[PolicyRule, ...] | None = None
+    # What the study's stored Segmentations and RT Structure Sets mark on this image: kept exact
+    # by a ROI-hybrid rule, beside its own region.
+    structures: StructureMask | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +158,8 @@ def _roi_hybrid(received: ReceivedDataset, policy: PolicyDecision, job: IngestJo
     assert policy.roi is not None
     failure: Fallback | None = None
     try:
-        return code_instance(received, policy.roi, _derived_path(job), budget_named(budget)), "", None
+        return code_instance(received, policy.roi, _derived_path(job), budget_named(budget),
+                             job.structures), "", None
     except NotCoded as exc:
         why_not = str(exc)
         log.info("ROI-hybrid not applied, storing losslessly: %s", why_not)

@@ -40,6 +40,27 @@ ROI_STEP = "roi-hybrid"
 
 
 @dataclass(frozen=True, slots=True)
+class StructureMask:
+    """A (rows, columns) mask as packed bits: small enough to travel with every ingest job."""
+
+    rows: int
+    columns: int
+    packed: bytes
+    description: str  # what it came from, for the log and the derivation note
+
+    @classmethod
+    def of(cls, mask: npt.NDArray[np.bool_], description: str) -> StructureMask:
+        rows, columns = mask.shape
+        return cls(rows, columns, np.packbits(mask, bitorder="little").tobytes(), description)
+
+    def unpack(self) -> npt.NDArray[np.bool_]:
+        bits = np.unpackbits(np.frombuffer(self.packed, np.uint8), count=self.rows * self.columns,
+                             bitorder="little")
+        mask: npt.NDArray[np.bool_] = bits.astype(bool).reshape(self.rows, self.columns)
+        return mask
+
+
+@dataclass(frozen=True, slots=True)
 class RoiCoded:
     """A derived instance ready to be written as a blob, and what coding it cost."""
 
@@ -102,19 +123,21 @@ def native_source(received: ReceivedDataset, scratch: Path) -> Iterator[Received
         scratch.unlink(missing_ok=True)
 
 
-def code_frames(native: ReceivedDataset, params: RoiParams, lossless: Budget | None = None) -> CodedFrames:
+def code_frames(native: ReceivedDataset, params: RoiParams, lossless: Budget | None = None,
+                structures: StructureMask | None = None) -> CodedFrames:
     """Code and verify every frame of a native little endian instance (`native_source`).
 
     `lossless` is the budget the lossless path would code with: its pick on the probe frame
-    scales the baseline the saving is measured against. Raises NotCoded for a pixel layout the
-    codec does not take, VerificationFailed if a decoded frame breaks either guarantee.
+    scales the baseline the saving is measured against. `structures` is kept exact on every
+    frame, beside the rule's own region. Raises NotCoded for a pixel layout the codec does not
+    take, VerificationFailed if a decoded frame breaks either guarantee.
     """
     pixel = native.pixel
     assert pixel is not None
     layout = native_layout(native.header, native.transfer_syntax, pixel)
     if layout is None:
         raise NotCoded("pixel layout not coded by the ROI-hybrid codec")
-    masks = _MaskSource(native.header, layout.spec, params)
+    masks = _MaskSource(native.header, layout.spec, params, structures)
     coded: list[bytes] = []
     decoded: list[npt.NDArray[np.integer]] = []
     parts: list[RoiFigures] = []
@@ -146,7 +169,7 @@ def code_frames(native: ReceivedDataset, params: RoiParams, lossless: Budget | N
 
 
 def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Path,
-                  lossless: Budget | None = None) -> RoiCoded:
+                  lossless: Budget | None = None, structures: StructureMask | None = None) -> RoiCoded:
     """Code every frame ROI-hybrid and write the derived dataset.
 
     Losslessly compressed pixel data is decoded first; the derived instance then has native pixels
@@ -156,7 +179,7 @@ def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Pa
     guarantee.
     """
     with native_source(received, derived_path.with_name(derived_path.name + ".native")) as native:
-        frames = code_frames(native, params, lossless)
+        frames = code_frames(native, params, lossless, structures)
         why_not = frames.verdict(params)
         if why_not is not None:
             raise NotCoded(why_not)
@@ -199,9 +222,11 @@ def _best_lossless(frame: npt.NDArray[np.integer], spec: PixelSpec, budget: Budg
 
 
 class _MaskSource:
-    """The mask of each frame: configured rectangles, or the automatic region and overlays."""
+    """The mask of each frame: configured rectangles or the automatic region, plus overlay planes
+    and what the study's segmentations and structure sets mark."""
 
-    def __init__(self, header: Dataset, spec: PixelSpec, params: RoiParams) -> None:
+    def __init__(self, header: Dataset, spec: PixelSpec, params: RoiParams,
+                 structures: StructureMask | None = None) -> None:
         self._spec, self._params = spec, params
         self._modality = str(header.get("Modality", "")).strip().upper()
         self._slope, self._intercept = roi.rescale_of(header)
@@ -216,6 +241,12 @@ class _MaskSource:
         self._overlays = _overlay_mask(header, shape)
         if self._overlays is not None:
             self.description += " and overlay planes"
+        self._structures: npt.NDArray[np.bool_] | None = None
+        if structures is not None:
+            if (structures.rows, structures.columns) != shape:
+                raise NotCoded(f"{structures.description} does not match the image's size")
+            self._structures = structures.unpack()
+            self.description += f" and the study's {structures.description}"
 
     def mask(self, frame: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
         spec = self._spec
@@ -226,6 +257,8 @@ class _MaskSource:
                                       bits_stored=spec.bits_stored, slope=self._slope, intercept=self._intercept)
         if self._overlays is not None:
             mask |= self._overlays
+        if self._structures is not None:
+            mask |= self._structures
         return mask
 
 
