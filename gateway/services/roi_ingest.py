@@ -85,6 +85,7 @@ class CodedFrames:
     figures: RoiFigures
     lossless_bytes: float  # what lossless coding would take: the smaller of JPEG-LS and the budget's pick
     mask_description: str
+    lossy_layouts: frozenset[roi.Layout]  # how the frames that altered values were coded
 
     def verdict(self, params: RoiParams) -> str | None:
         """Why the instance is to stay exact, or None when storing it ROI-hybrid is worth it."""
@@ -141,6 +142,7 @@ def code_frames(native: ReceivedDataset, params: RoiParams, lossless: Budget | N
     coded: list[bytes] = []
     decoded: list[npt.NDArray[np.integer]] = []
     parts: list[RoiFigures] = []
+    lossy_layouts: set[roi.Layout] = set()
     jpeg_ls_bytes = 0
     probe, probe_ratio = probe_index(layout.frames), 1.0
     with native.path.open("rb") as fp:
@@ -159,13 +161,15 @@ def code_frames(native: ReceivedDataset, params: RoiParams, lossless: Budget | N
                 raise VerificationFailed(
                     f"ROI-hybrid frame off by {figures.max_error_inside} inside, "
                     f"{figures.max_error_outside} outside (bound {params.max_error})")
+            if not figures.lossless:
+                lossy_layouts.add(roi.read_header(encoded.blob).layout)
             coded.append(encoded.blob)
             decoded.append(encoded.decoded)
             parts.append(figures)
     # Against the smaller of JPEG-LS and what the lossless path would pick (JPEG-XL can be far
     # smaller, on ultrasound above all): no instance is made lossy to end up larger.
     return CodedFrames(layout, tuple(coded), tuple(decoded), roi.combine(parts, layout.spec),
-                       jpeg_ls_bytes * min(probe_ratio, 1.0), masks.description)
+                       jpeg_ls_bytes * min(probe_ratio, 1.0), masks.description, frozenset(lossy_layouts))
 
 
 def code_instance(received: ReceivedDataset, params: RoiParams, derived_path: Path,
@@ -293,10 +297,11 @@ def _write_derived(received: ReceivedDataset, frames: CodedFrames, params: RoiPa
         fp.seek(received.dataset_offset + pixel.value_start + layout.frames_nbytes)
         tail = fp.read(pixel.value_length - layout.frames_nbytes)
     dataset.PixelData = b"".join(layout.frame_to_bytes(frame) for frame in frames.decoded) + tail
+    method = roi.lossy_method(frames.lossy_layouts)
     description = (
         f"ROI-hybrid compression: {100 * figures.roi_fraction:.1f} % of pixel values ({frames.mask_description}) "
-        f"kept exact, the others at most {params.max_error} off (JPEG-LS near-lossless, ISO 14495-1)"
+        f"kept exact, the others at most {params.max_error} off ({roi.METHOD_DESCRIPTIONS[method]})"
     )
-    step = LossyStep(ratio=figures.ratio, method=roi.LOSSY_METHOD, description=description)
+    step = LossyStep(ratio=figures.ratio, method=method, description=description)
     apply_lossy_step(dataset, step, derived_uid(str(dataset.SOPInstanceUID), f"{ROI_STEP}:{params.max_error}"))
     dataset.save_as(path, enforce_file_format=True)

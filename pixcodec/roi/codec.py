@@ -35,12 +35,15 @@ __all__ = [
     "LOSSY_METHOD",
     "MAGIC",
     "MAX_ERROR_LIMIT",
+    "METHOD_DESCRIPTIONS",
+    "PRED_LOSSY_METHOD",
     "Encoded",
     "Layout",
     "RoiHeader",
     "decode",
     "encode",
     "encode_measured",
+    "lossy_method",
     "read_header",
     "stored_values",
 ]
@@ -51,8 +54,15 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 _FIRST_VERSION_WITH = {0: 1, 1: 1, 2: 1, 3: 2}  # layout value -> format version that introduced it
 
-# (0028,2114) Lossy Image Compression Method for what the lossy part is: JPEG-LS near-lossless.
+# (0028,2114) Lossy Image Compression Method for what the lossy part is: JPEG-LS near-lossless,
+# or, for layout PRED, our own near-lossless coder. The attribute's values are Defined Terms
+# (PS3.3 C.7.6.1.1.5.1), which may be extended; ours is named so no one mistakes it for a standard.
 LOSSY_METHOD = "ISO_14495_1"
+PRED_LOSSY_METHOD = "PACSGW_PRED_NEAR"
+METHOD_DESCRIPTIONS = {
+    LOSSY_METHOD: "JPEG-LS near-lossless, ISO 14495-1",
+    PRED_LOSSY_METHOD: "pacs-gateway pred near-lossless coding",
+}
 
 # The header field is 16 bits; JPEG-LS itself allows NEAR up to 255 and half the sample range.
 MAX_ERROR_LIMIT = 65535
@@ -191,6 +201,11 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
                             mask_section, base, extra, high_section, expected_frame)
     decoded = _verify(blob, frame, spec, mask, max_error) if verify else built
     return Encoded(blob, len(candidates[0][1]), decoded)
+
+
+def lossy_method(layouts: Iterable[Layout]) -> str:
+    """(0028,2114) for an instance whose altered frames were coded in `layouts`."""
+    return PRED_LOSSY_METHOD if Layout.PRED in set(layouts) else LOSSY_METHOD
 
 
 def _default_layouts(spec: PixelSpec) -> tuple[Layout, ...]:

@@ -97,11 +97,12 @@ def _figures(spec: PixelSpec, *, frames: int, compressed_bytes: int, samples: in
     )
 
 
-def lossy_attributes(ratio: float) -> dict[str, str]:
+def lossy_attributes(ratio: float, method: str = LOSSY_METHOD) -> dict[str, str]:
     """The General Image module's lossy attributes (PS3.3 C.7.6.1.1.5) for an instance whose
     frames were coded ROI-hybrid and are not all exact, by pydicom keyword.
 
-    `ratio` is the instance's (all frames) uncompressed over compressed size. When the received
+    `ratio` is the instance's (all frames) uncompressed over compressed size, `method` what
+    `lossy_method` says of the layouts that altered values. When the received
     instance was already lossy, the standard asks for its ratio and method to be kept, with
     ours appended as further values; that merge belongs to whoever writes the dataset.
     """
@@ -111,5 +112,5 @@ def lossy_attributes(ratio: float) -> dict[str, str]:
         "LossyImageCompression": "01",
         # DS holds at most 16 characters.
         "LossyImageCompressionRatio": f"{ratio:.6g}"[:16],
-        "LossyImageCompressionMethod": LOSSY_METHOD,
+        "LossyImageCompressionMethod": method,
     }

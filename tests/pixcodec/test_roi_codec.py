@@ -15,6 +15,7 @@ import pytest
 from pixcodec import CorruptBitstream, PixelSpec, UnsupportedPixelSpec
 from pixcodec.roi import (
     LOSSY_METHOD,
+    PRED_LOSSY_METHOD,
     Layout,
     automatic_mask,
     combine,
@@ -22,6 +23,7 @@ from pixcodec.roi import (
     encode,
     encode_measured,
     lossy_attributes,
+    lossy_method,
     measure,
     read_header,
     rescale_of,
@@ -124,6 +126,13 @@ def test_figures_and_lossy_attributes() -> None:
     assert len(attributes["LossyImageCompressionRatio"]) <= 16
     with pytest.raises(ValueError):
         lossy_attributes(0.0)
+
+
+def test_lossy_method_names_the_coder_that_altered_values() -> None:
+    assert lossy_method([Layout.CORRECTION, Layout.TWO_LAYERS]) == LOSSY_METHOD == "ISO_14495_1"
+    assert lossy_method([Layout.CORRECTION, Layout.PRED]) == PRED_LOSSY_METHOD
+    assert len(PRED_LOSSY_METHOD) <= 16  # a CS value
+    assert lossy_attributes(2.0, PRED_LOSSY_METHOD)["LossyImageCompressionMethod"] == PRED_LOSSY_METHOD
 
 
 def test_header_labels_the_blob() -> None:
