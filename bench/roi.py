@@ -8,7 +8,9 @@ bound. It checks every ROI-hybrid blob (exact inside, within the bound outside) 
 group and bound: ROI fraction, size relative to lossless JPEG-LS, to the best lossless and to
 whole-image near-lossless, PSNR overall
 and outside the ROI, worst error outside, and encode/decode milliseconds per frame (one core,
-mask finding timed separately).
+mask finding timed separately). "ROI alone" is what the exact region costs by itself: the PRED
+stream with the outside allowed 255 levels off (next to nothing stored there), for one-sample
+frames; colour frames count their ROI-hybrid blob. No coding of the outside can go below it.
 
     .venv/bin/python bench/roi.py                     # ../shared/corpus/manifest.json
     .venv/bin/python bench/roi.py --bounds 2 --frames 1 --out bench/results
@@ -42,6 +44,7 @@ from corpus_frames import manifest, raw_frames, read_dataset, spec_of  # noqa: E
 from pixcodec import PixelSpec  # noqa: E402
 from pixcodec.roi import automatic_mask, decode, encode, measure, read_header, rescale_of, stored_values  # noqa: E402
 from pixcodec.decide import budget_named, decide  # noqa: E402
+from pixcodec.pred.near import MAX_TOLERANCE, encode_within  # noqa: E402
 from pixcodec.roi.codec import _jls_encode, _split  # noqa: E402
 
 GROUPS = {"CT": "CT", "MR": "MR", "CR": "CR/DX/MG", "DX": "CR/DX/MG", "MG": "CR/DX/MG", "US": "US", "XA": "XA/RF",
@@ -57,6 +60,7 @@ class Tally:
     lossless_bytes: int = 0
     near_bytes: int = 0
     best_bytes: int = 0
+    alone_bytes: int = 0
     squared: float = 0.0
     squared_outside: float = 0.0
     outside: int = 0
@@ -103,6 +107,10 @@ def main() -> int:
         lossless = len(_jls_encode(values, 0, precision, spec))
         chosen = decide(frame, spec, best_budget, verify=False).encoded
         best = min(lossless, len(chosen.payload) + len(chosen.table))
+        alone = None
+        if spec.samples_per_pixel == 1:
+            free_outside = np.where(mask, 0, MAX_TOLERANCE).astype(np.uint8)
+            alone = len(encode_within(values, (1 << precision) - 1, free_outside)[0])
         for bound in args.bounds:
             near = min(bound, 255, ((1 << precision) - 1) // 2)
             whole = len(_jls_encode(values, near, precision, spec))
@@ -124,6 +132,7 @@ def main() -> int:
             tally.lossless_bytes += lossless
             tally.near_bytes += whole
             tally.best_bytes += best
+            tally.alone_bytes += min(alone, len(blob)) if alone is not None else len(blob)
             tally.squared += float((error ** 2).sum())
             tally.squared_outside += float((error[~spread] ** 2).sum())
             tally.outside += int((~spread).sum())
@@ -144,6 +153,7 @@ def main() -> int:
             "roi_fraction": t.roi_pixels / t.pixels,
             "vs_lossless": t.roi_bytes / t.lossless_bytes,
             "vs_best_lossless": t.roi_bytes / t.best_bytes,
+            "roi_alone_vs_lossless": t.alone_bytes / t.lossless_bytes,
             "vs_whole_near": t.roi_bytes / t.near_bytes,
             "whole_near_vs_lossless": t.near_bytes / t.lossless_bytes,
             "psnr_db": 10 * math.log10(peak / mse) if mse else math.inf,
@@ -154,13 +164,13 @@ def main() -> int:
             "layouts": dict(t.layouts),
         })
     table = ["| group | bound | frames | ROI | ROI-hybrid / lossless JPEG-LS | ROI-hybrid / best lossless | "
-             "ROI-hybrid / whole near-lossless | whole near / lossless | PSNR dB | PSNR outside dB | max err outside | "
-             "mask ms | enc ms | dec ms | layouts |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ROI alone / lossless | ROI-hybrid / whole near-lossless | whole near / lossless | PSNR dB | "
+             "PSNR outside dB | max err outside | mask ms | enc ms | dec ms | layouts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(
             f"| {r['group']} | {r['bound']} | {r['frames']} | {r['roi_fraction']:.0%} | {r['vs_lossless']:.3f} | "
-            f"{r['vs_best_lossless']:.3f} | "
+            f"{r['vs_best_lossless']:.3f} | {r['roi_alone_vs_lossless']:.3f} | "
             f"{r['vs_whole_near']:.3f} | {r['whole_near_vs_lossless']:.3f} | {r['psnr_db']:.1f} | "
             f"{r['psnr_outside_db']:.1f} | {r['max_error_outside']} | {r['mask_ms']:.0f} | {r['encode_ms']:.0f} | "
             f"{r['decode_ms']:.0f} | {', '.join(f'{k} {v}' for k, v in sorted(r['layouts'].items()))} |")

@@ -26,4 +26,6 @@ def test_bench_reports_a_ct_slice(tmp_path: Path) -> None:
     assert row["psnr_outside_db"] < row["psnr_db"]
     # The best lossless coding is at most the JPEG-LS size, so the ratio against it is no smaller.
     assert row["vs_lossless"] <= row["vs_best_lossless"] < 1
+    # The exact region alone is a floor no coding of the outside goes below.
+    assert 0.2 < row["roi_alone_vs_lossless"] < row["vs_lossless"]
     assert "| CT | 2 | 1 |" in (tmp_path / "roi.md").read_text()
