@@ -162,7 +162,7 @@ def code_frames(native: ReceivedDataset, params: RoiParams, lossless: Budget | N
                     f"ROI-hybrid frame off by {figures.max_error_inside} inside, "
                     f"{figures.max_error_outside} outside (bound {params.max_error})")
             if not figures.lossless:
-                lossy_layouts.add(roi.read_header(encoded.blob).layout)
+                lossy_layouts.add(encoded.layout)
             coded.append(encoded.blob)
             decoded.append(encoded.decoded)
             parts.append(figures)

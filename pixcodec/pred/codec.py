@@ -7,6 +7,7 @@ it; the decoder reads it back and runs the same integer model.
 
 from __future__ import annotations
 
+import enum
 import struct
 import zlib
 
@@ -18,7 +19,8 @@ from ..standard.common import DICOM_MAX_DIMENSION, require_coding_spec
 from . import _kernel as k
 from .model import ContextModel, shipped_models
 
-__all__ = ["PRED_BITSTREAM_VERSION", "PredCodec"]
+__all__ = ["PRED_BITSTREAM_VERSION", "PredCodec", "Predictor", "decode_pixels", "encode_pixels", "predictor_bytes",
+           "predictor_options", "read_predictor"]
 
 PRED_BITSTREAM_VERSION = 1
 MAGIC = b"PRD"
@@ -44,6 +46,21 @@ _MAX_FIT_SAMPLES = 20_000
 # most common value, padding as a rule, left out): fine at the low end, where CT air and MR
 # background noise differ most from tissue.
 _INTENSITY_QUANTILES = (0.02, 0.1, 0.3)
+
+
+class Predictor(enum.IntEnum):
+    """Which least-squares predictor a payload carries. Lossless payloads name it with header
+    flags, near-lossless ones (pred.near) with this value in a byte: both are part of a format."""
+
+    FIXED = 0  # (W + N) / 2 in every class: no parameters
+    SINGLE = 1  # one weight set for every class, no thresholds
+    TABLES = 2  # per-class weights and the class thresholds
+
+
+_THRESHOLD_COUNT = k.N_GCLS - 1 + k.N_INT - 1
+_PREDICTOR_BYTES = {Predictor.FIXED: 0, Predictor.SINGLE: 2 * k.N_LS,
+                    Predictor.TABLES: 4 * _THRESHOLD_COUNT + 2 * k.N_CLS * k.N_LS}
+_LOSSLESS_FLAGS = {Predictor.FIXED: 0, Predictor.SINGLE: FLAG_TABLES | FLAG_SINGLE, Predictor.TABLES: FLAG_TABLES}
 
 
 class PredCodec:
@@ -96,28 +113,12 @@ class PredCodec:
             packing = _PACKING.pack(low, span, len(bitmap)) + bitmap
             image = (np.cumsum(used, dtype=np.int32) - 1)[image]
             maxval = len(present) - 1
-        # (flags, weights, thresholds, table bytes) of each predictor worth a trial.
-        options: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64], bytes]] = []
-        if image.size < _TRY_SINGLE_BELOW:
-            fitted = fit_predictor(image, classes=False)
-            if fitted is not None:
-                weights, thresholds = fitted
-                options.append((FLAG_TABLES | FLAG_SINGLE, weights, thresholds, weights[0].astype("<i2").tobytes()))
-        if image.size >= _TRY_FIXED_BELOW:
-            fitted = fit_predictor(image)
-            if fitted is not None:
-                weights, thresholds = fitted
-                options.append((FLAG_TABLES, weights, thresholds,
-                                np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes()
-                                + weights.astype("<i2").tobytes()))
-        if not options or image.size < _TRY_FIXED_BELOW:
-            weights, thresholds = default_predictor()
-            options.append((0, weights, thresholds, b""))
         model = self.model
         best = b""
-        for flags, weights, thresholds, table in options:
-            flags |= (FLAG_PACKED if packing else 0) | (FLAG_MODEL if model is not None else 0)
-            coded = _encode_residuals(image, maxval, weights, thresholds, model)
+        for kind, weights, thresholds in predictor_options(image):
+            flags = _LOSSLESS_FLAGS[kind] | (FLAG_PACKED if packing else 0) | (FLAG_MODEL if model is not None else 0)
+            table = predictor_bytes(kind, weights, thresholds)
+            coded, _ = encode_pixels(image, maxval, weights, thresholds, model)
             head = _HEAD.pack(MAGIC, PRED_BITSTREAM_VERSION, flags, spec.rows, spec.columns, spec.bits_stored,
                               k.N_LS, k.N_GCLS, k.N_OCLS)
             payload = b"".join([head, model.digest if model is not None else b"", table, packing,
@@ -152,26 +153,9 @@ class PredCodec:
                 raise CorruptBitstream(f"pred payload names an unknown context model {digest.hex()[:16]}")
         if flags & FLAG_SINGLE and not flags & FLAG_TABLES:
             raise CorruptBitstream("pred payload declares one weight set but no tables")
-        if flags & FLAG_SINGLE:
-            end = at + 2 * k.N_LS
-            if len(view) < end:
-                raise CorruptBitstream("pred payload is truncated in its predictor weights")
-            single = np.frombuffer(view[at:end], dtype="<i2").astype(np.int64)
-            weights, thresholds = default_predictor()
-            weights[:] = single
-            at = end
-        elif flags & FLAG_TABLES:
-            n_thr = k.N_GCLS - 1 + k.N_INT - 1
-            n_w = k.N_CLS * k.N_LS
-            end = at + 4 * n_thr + 2 * n_w
-            if len(view) < end:
-                raise CorruptBitstream("pred payload is truncated in its predictor tables")
-            thresholds = np.frombuffer(view[at:at + 4 * n_thr], dtype="<u4").astype(np.int64)
-            thresholds[thresholds == _NO_THRESHOLD] = 1 << 40
-            weights = np.frombuffer(view[at + 4 * n_thr:end], dtype="<i2").astype(np.int64).reshape(k.N_CLS, k.N_LS)
-            at = end
-        else:
-            weights, thresholds = default_predictor()
+        kind = (Predictor.SINGLE if flags & FLAG_SINGLE else Predictor.TABLES if flags & FLAG_TABLES
+                else Predictor.FIXED)
+        weights, thresholds, at = read_predictor(view, at, kind)
         maxval = (1 << bits) - 1
         values = None
         if flags & FLAG_PACKED:
@@ -184,11 +168,7 @@ class PredCodec:
         at += _TAIL.size
         if len(view) != at + length:
             raise CorruptBitstream(f"pred payload holds {len(view) - at} coded bytes, its header says {length}")
-        buf = np.frombuffer(view[at:], dtype=np.uint8).copy()
-        image = np.zeros((rows, columns), dtype=np.int32)
-        status, _ = _run(image, False, maxval, weights, thresholds, model, buf, length)
-        if status != k.STATUS_OK:
-            raise CorruptBitstream("pred coded data decodes to values outside the stored range")
+        image = decode_pixels(view[at:], (rows, columns), maxval, weights, thresholds, model)
         if values is not None:
             image = values[image]
         if _pixel_crc(image) != crc:
@@ -196,18 +176,84 @@ class PredCodec:
         return image.astype(spec.unsigned_dtype)
 
 
-def _encode_residuals(image: npt.NDArray[np.int32], maxval: int, weights: npt.NDArray[np.int64],
-                      thresholds: npt.NDArray[np.int64], model: ContextModel | None) -> bytes:
+def encode_pixels(image: npt.NDArray[np.int32], maxval: int, weights: npt.NDArray[np.int64],
+                  thresholds: npt.NDArray[np.int64], model: ContextModel | None,
+                  tolerance: npt.NDArray[np.uint8] | None = None) -> tuple[bytes, npt.NDArray[np.int32]]:
+    """The range-coded pixels, and the frame a decoder rebuilds from them: `image` itself when
+    every pixel is exact, a copy with the tolerant pixels as rebuilt when `tolerance` (one value
+    per pixel) allows errors."""
     capacity = 4 * image.size + 1024
     for attempt in range(2):
+        # The kernel writes the rebuilt values over tolerant pixels: never over the caller's frame.
+        target = image if tolerance is None else image.copy()
         buf = np.empty(capacity, dtype=np.uint8)  # written front to back before it is read
-        status, length = _run(image, True, maxval, weights, thresholds, model, buf, 0)
+        status, length = _run(target, True, maxval, weights, thresholds, model, buf, 0,
+                              tolerance=_NO_TOLERANCE if tolerance is None else tolerance.ravel())
         if status == k.STATUS_OK:
-            return buf[:length].tobytes()
+            return buf[:length].tobytes(), target
         if status != k.STATUS_OVERFLOW or attempt == 1:
             break
         capacity = 24 * image.size + 1024  # more than any adaptive binary code can need
     raise CodecError(f"pred encoder failed with status {status}")
+
+
+def decode_pixels(coded: memoryview, shape: tuple[int, int], maxval: int, weights: npt.NDArray[np.int64],
+                  thresholds: npt.NDArray[np.int64], model: ContextModel | None,
+                  tolerance: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.int32]:
+    """The frame `encode_pixels` coded; CorruptBitstream when a value leaves the coded range."""
+    buf = np.frombuffer(coded, dtype=np.uint8).copy()
+    image = np.zeros(shape, dtype=np.int32)
+    status, _ = _run(image, False, maxval, weights, thresholds, model, buf, len(buf),
+                     tolerance=_NO_TOLERANCE if tolerance is None else tolerance.ravel())
+    if status != k.STATUS_OK:
+        raise CorruptBitstream("pred coded data decodes to values outside the stored range")
+    return image
+
+
+def predictor_options(image: npt.NDArray[np.int32], *, row_step: int = 1
+                      ) -> list[tuple[Predictor, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
+    """Each predictor worth a trial for a frame of this size, in the order they are tried: one
+    weight set below _TRY_SINGLE_BELOW pixels, the class tables from _TRY_FIXED_BELOW up, the fixed
+    predictor below that (or when nothing could be fitted). `row_step` thins the tables' fit on
+    frames too large for one weight set (see fit_predictor)."""
+    options = []
+    if image.size < _TRY_SINGLE_BELOW:
+        fitted = fit_predictor(image, classes=False)
+        if fitted is not None:
+            options.append((Predictor.SINGLE, *fitted))
+    if image.size >= _TRY_FIXED_BELOW:
+        fitted = fit_predictor(image, row_step=row_step if image.size >= _TRY_SINGLE_BELOW else 1)
+        if fitted is not None:
+            options.append((Predictor.TABLES, *fitted))
+    if not options or image.size < _TRY_FIXED_BELOW:
+        options.append((Predictor.FIXED, *default_predictor()))
+    return options
+
+
+def predictor_bytes(kind: Predictor, weights: npt.NDArray[np.int64], thresholds: npt.NDArray[np.int64]) -> bytes:
+    """The predictor's parameters as a payload carries them (docs/pred-bitstream.md)."""
+    if kind is Predictor.SINGLE:
+        return bytes(weights[0].astype("<i2").tobytes())
+    if kind is Predictor.TABLES:
+        return bytes(np.minimum(thresholds, _NO_THRESHOLD).astype("<u4").tobytes() + weights.astype("<i2").tobytes())
+    return b""
+
+
+def read_predictor(view: memoryview, at: int, kind: Predictor
+                   ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    """(weights, thresholds, the offset after them) of a `kind` predictor stored at `at`."""
+    end = at + _PREDICTOR_BYTES[kind]
+    if len(view) < end:
+        raise CorruptBitstream(f"pred payload is truncated in its predictor ({kind.name.lower()})")
+    weights, thresholds = default_predictor()
+    if kind is Predictor.SINGLE:
+        weights[:] = np.frombuffer(view[at:end], dtype="<i2").astype(np.int64)
+    elif kind is Predictor.TABLES:
+        split = at + 4 * _THRESHOLD_COUNT
+        thresholds = np.frombuffer(view[at:split], dtype="<u4").astype(np.int64)
+        thresholds[thresholds == _NO_THRESHOLD] = 1 << 40
+        weights = np.frombuffer(view[split:end], dtype="<i2").astype(np.int64).reshape(k.N_CLS, k.N_LS)
+    return weights, thresholds, end
 
 
 def _read_packing(view: memoryview, at: int, maxval: int) -> npt.NDArray[np.int32]:

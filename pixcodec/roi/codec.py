@@ -140,7 +140,9 @@ def stored_values(frame: npt.NDArray[np.integer], spec: PixelSpec) -> npt.NDArra
 class Encoded:
     blob: bytes
     lossless_bytes: int  # the whole frame's JPEG-LS lossless stream, the baseline the blob competes with
-    decoded: npt.NDArray[np.integer]  # what the blob decodes to (verified), so callers need not decode again
+    # What the blob decodes to (decoded and checked; with verify=False, what its frame checksum pins).
+    decoded: npt.NDArray[np.integer]
+    layout: Layout  # the layout the blob holds (its header says so too)
 
 
 def encode(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask, max_error: int, *,
@@ -200,7 +202,7 @@ def encode_measured(frame: npt.NDArray[np.integer], spec: PixelSpec, mask: Mask,
     blob, built = _assemble(spec, layout, max_error, near if layout is not Layout.LOSSLESS else 0,
                             mask_section, base, extra, high_section, expected_frame)
     decoded = _verify(blob, frame, spec, mask, max_error) if verify else built
-    return Encoded(blob, len(candidates[0][1]), decoded)
+    return Encoded(blob, len(candidates[0][1]), decoded, layout)
 
 
 def lossy_method(layouts: Iterable[Layout]) -> str:
