@@ -10,6 +10,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from gateway import syntaxes
 from gateway.config import DicomSettings
+from gateway.dimse import preencoded
 
 Handler = tuple[Any, Callable[..., Any]]
 
@@ -27,6 +28,8 @@ QUERY_RETRIEVE = (
 
 
 def build_ae(settings: DicomSettings) -> AE:
+    # Retrieved instances go out as the bytes the codec workers made (see preencoded).
+    preencoded.install()
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.maximum_pdu_size

@@ -22,6 +22,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from gateway.config import DestinationSettings
 from gateway.dimse.handlers import AssociationTracker, refused, status_dataset
+from gateway.dimse.preencoded import PreEncoded
 from gateway.errors import MoveDestinationUnknown, Outcome, Service, status_category
 from gateway.metrics import Metrics
 from gateway.services.identifiers import InformationModel
@@ -75,7 +76,7 @@ class _Run:
             fields = {"sop_instance_uid": item.stored.sop_instance_uid, "transfer_syntax": item.syntax,
                       "mode": item.mode.value if item.mode else None,
                       "received_syntax": item.stored.transfer_syntax_uid}
-            if item.dataset is None:
+            if item.data is None or item.syntax is None:
                 self.failed += 1
                 self._count(item, "failed")
                 log.warning("retrieve sub-operation failed", extra={"fields": {
@@ -86,7 +87,8 @@ class _Run:
             self.sent += 1
             self._count(item, "sent")
             log.debug("retrieve instance", extra={"fields": fields})
-            yield PENDING, item.dataset
+            stored = item.stored
+            yield PENDING, PreEncoded(item.data, item.syntax, stored.sop_class_uid, stored.sop_instance_uid)
 
     def _count(self, item: Prepared, status: str) -> None:
         self.metrics.retrieve_suboperations.labels(

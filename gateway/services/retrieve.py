@@ -24,7 +24,7 @@ from gateway.errors import InvalidIdentifier, MatchesUnavailable, OutOfResources
 from gateway.services.identifiers import UNIQUE_KEYS, InformationModel, Negotiated, parse_identifier
 from gateway.services.pool import CodecPool, WorkerLost
 from gateway.services.retrieve_job import Candidate, RetrieveJob, run_job
-from gateway.services.transcode import Mode, TranscodeError, parse, with_syntax
+from gateway.services.transcode import Mode
 from pixcodec import CodecError, CodecRegistry, default_registry
 from storage.blobs.base import BlobNotFound, BlobStore, BlobStoreError
 from storage.db import IndexUnavailable
@@ -53,10 +53,11 @@ MAX_SUBOPERATIONS = 65535
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """One instance ready for its C-STORE sub-operation, or the reason it cannot be sent."""
+    """One instance ready for its C-STORE sub-operation: the dataset's bytes in `syntax` (no File
+    Meta; deflated if `syntax` is), or the reason it cannot be sent."""
 
     stored: StoredInstance
-    dataset: Dataset | None
+    data: bytes | None
     syntax: str | None = None
     mode: Mode | None = None
     error: str | None = None
@@ -139,10 +140,9 @@ class RetrieveService:
             result = self._pool.run(run_job, RetrieveJob(stored, blob, tuple(candidates)))
             if result.data is None or result.syntax is None:
                 return Prepared(stored, None, error=result.error)
-            dataset = with_syntax(parse(result.data, result.syntax), result.syntax)
-        except (BlobStoreError, IndexUnavailable, OSError, OutOfResources, WorkerLost, TranscodeError) as exc:
+        except (BlobStoreError, IndexUnavailable, OSError, OutOfResources, WorkerLost) as exc:
             return Prepared(stored, None, error=str(exc) or type(exc).__name__)
-        return Prepared(stored, dataset, result.syntax, result.mode)
+        return Prepared(stored, result.data, result.syntax, result.mode)
 
     def _read_blob(self, stored: StoredInstance) -> tuple[StoredInstance, bytes]:
         """The blob's bytes, with the instance as of that blob.

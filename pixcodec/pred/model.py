@@ -10,6 +10,7 @@ evaluates the network in int64 arithmetic, identically on every platform.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class ContextModel:
         # output sum below 2**58, inside int64 whatever the weights.
         if max(np.abs(w1).max(), np.abs(b1).max(), np.abs(w2).max()) >= 1 << 20 or np.abs(b2).max() >= 1 << 40:
             raise CodecUnavailable(f"context model {name} has weights out of range")
+        for weights in (w1, b1, w2, b2):
+            weights.flags.writeable = False  # shared by every codec instance (shipped_models)
         return cls(name, digest, w1, b1, w2, b2)
 
 
@@ -62,8 +65,11 @@ def load_model(filename: str) -> ContextModel:
     return ContextModel.from_bytes(data, filename, sha256=filename.removesuffix(".npz"))
 
 
+@functools.cache
 def shipped_models() -> tuple[ContextModel, ...]:
-    """Every model shipped in the package, so a decoder reads any payload a release wrote."""
+    """Every model shipped in the package, so a decoder reads any payload a release wrote.
+
+    Read once per process: each registry (one per blob read) would otherwise load and hash them."""
     folder = resources.files(__package__).joinpath("models")
     if not folder.is_dir():
         return ()

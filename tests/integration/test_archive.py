@@ -316,7 +316,9 @@ def test_a_retrieval_that_located_a_retired_blob_reads_the_new_one(
     for stored in located:
         prepared = gateway.retrieve.prepare(stored, [Candidate(stored.transfer_syntax_uid, Mode.ORIGINAL)])
         assert prepared.error is None, prepared.error
-        assert prepared.dataset is not None
+        assert prepared.data is not None
+        # What goes on the wire is the received dataset, byte for byte, after its File Meta.
+        assert originals[stored.sop_instance_uid].endswith(prepared.data)
         sink = io.BytesIO()
         rebuild_instance(gateway.blobs, gateway.index.locate(stored.sop_instance_uid) or stored, sink.write)
         assert sink.getvalue() == originals[stored.sop_instance_uid]
