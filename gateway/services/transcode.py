@@ -30,6 +30,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
 from gateway import syntaxes
+from gateway.services.explicit_vr import as_explicit_little
 from gateway.instance_blob import BlobFormatError, Footer, PixelMode, Section, read_footer
 from pixcodec import ContainerReader, PixelSpec
 
@@ -103,6 +104,8 @@ def encoded(dataset: Dataset, syntax: str) -> bytes:
     elements are raw values of that encoding, which pynetdicom sends as they are instead of
     converting (or refusing)."""
     implicit, little = syntaxes.encoding(syntax)
+    if not implicit and little and dataset.original_encoding == (True, True):
+        as_explicit_little(dataset)
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
     try:
