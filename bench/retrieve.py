@@ -22,7 +22,8 @@ Time to the first instance is taken with a pynetdicom C-GET SCU. For C-FIND, the
 by cloning the study's rows under new patients (1 study of 520 instances each), and a pynetdicom
 SCU sends STUDY-level queries inside one association: by Patient ID, by Study Instance UID, and by
 a Patient Name wildcard with a Study Date range. The gateway's own time per request comes from its
-pacsgw_dimse_request_duration_seconds histogram.
+pacsgw_dimse_request_duration_seconds histogram. DCMTK's findscu repeats the Patient ID query inside
+one association too, a client without pynetdicom's polling delays on its side.
 
 A scratch database pacsgw_bench is created on the server and dropped at the end.
 """
@@ -286,6 +287,26 @@ def find_latency(port: int, http_port: int, patients: int, repeats: int) -> dict
     return out
 
 
+def findscu_latency(port: int, patient_id: str, repeats: int) -> float:
+    """DCMTK findscu's round trip per STUDY-level query by Patient ID inside one association (ms):
+    `--repeat` sends the query again and again over the association, so the difference between
+    many and one query leaves out the process start and the association set-up."""
+    def timed(times: int) -> float:
+        keys = [f"PatientID={patient_id}", "StudyInstanceUID", "PatientName", "StudyDate", "StudyTime",
+                "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
+                "NumberOfStudyRelatedSeries"]
+        command = ["findscu", "-S", "-aec", "PACSGW", "--repeat", str(times), "127.0.0.1", str(port),
+                   "-k", "QueryRetrieveLevel=STUDY", *(arg for key in keys for arg in ("-k", key))]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, env=DCMTK_ENV)
+        if done.returncode != 0:
+            raise RuntimeError(f"findscu failed: {done.stderr.decode(errors='replace')[-2000:]}")
+        return time.perf_counter() - started
+
+    one = min(timed(1) for _ in range(3))
+    return (timed(repeats + 1) - one) / repeats * 1e3
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=5)
@@ -296,7 +317,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=100, help="C-FIND queries of each kind")
     parser.add_argument("--log-level", default="WARNING", help="the gateway's log level")
     args = parser.parse_args()
-    for tool in ("storescu", "storescp", "getscu", "echoscu"):
+    for tool in ("storescu", "storescp", "getscu", "echoscu", "findscu"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: install DCMTK (Debian package dcmtk)")
     database_url = recreate_database(args.database_url)
@@ -348,14 +369,15 @@ def run(args: argparse.Namespace, root: Path, study_dir: Path, files: list[Path]
             transfers.append(min(runs, key=lambda t: t.seconds))
         first, last, count = first_instance(dicom_port, study_uid, sop_classes)
 
-        find_figures: list[tuple[int, dict[str, tuple[float, float, float]]]] = []
+        find_figures: list[tuple[int, dict[str, tuple[float, float, float]], float]] = []
         for size in args.index_sizes:
             total = grow_index(database_url, size)
             if total <= len(files):
                 print(f"index size {size}: not above the study's own {len(files)} instances, no C-FIND figures")
                 continue
             patients = max(1, (total - len(files)) // len(files))
-            find_figures.append((total, find_latency(dicom_port, http_port, patients, args.repeats)))
+            find_figures.append((total, find_latency(dicom_port, http_port, patients, args.repeats),
+                                 findscu_latency(dicom_port, f"BENCH{1 + patients // 2}", args.repeats)))
     finally:
         scp.terminate()
         gateway.send_signal(signal.SIGTERM)
@@ -374,9 +396,13 @@ def run(args: argparse.Namespace, root: Path, study_dir: Path, files: list[Path]
           f"{first * 1e3:.0f} ms, last after {last:.2f} s")
     print()
     print(f"{'C-FIND at STUDY level (PostgreSQL)':40} {'instances':>9} {'median ms':>10} {'p95 ms':>8} {'gateway ms':>11}")
-    for total, figures in find_figures:
+    for total, figures, _ in find_figures:
         for name, (median, p95, server) in figures.items():
             print(f"{name:40} {total:>9} {median:>10.2f} {p95:>8.2f} {server:>11.2f}")
+    print()
+    print("the same by PatientID, DCMTK findscu --repeat (mean round trip per query, one association):")
+    for total, _, findscu_ms in find_figures:
+        print(f"{'findscu, PatientID':40} {total:>9} {findscu_ms:>10.2f}")
     return 0
 
 
