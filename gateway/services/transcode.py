@@ -100,15 +100,15 @@ def with_syntax(dataset: Dataset, syntax: str) -> Dataset:
 
 
 def encoded(dataset: Dataset, syntax: str) -> bytes:
-    """`dataset` written in `syntax`'s encoding (no File Meta, never deflated). Read back, its
-    elements are raw values of that encoding, which pynetdicom sends as they are instead of
-    converting (or refusing)."""
+    """`dataset` written in `syntax`'s encoding (no File Meta, never deflated): the bytes that go
+    out in the C-STORE sub-operation. A dataset read in implicit VR has its raw elements given
+    their VRs in place on the way to explicit VR (see explicit_vr)."""
     implicit, little = syntaxes.encoding(syntax)
-    if not implicit and little and dataset.original_encoding == (True, True):
-        as_explicit_little(dataset)
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
     try:
+        if not implicit and little and dataset.original_encoding == (True, True):
+            as_explicit_little(dataset)
         write_dataset(buffer, dataset)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise TranscodeError(f"dataset cannot be encoded in {syntax}: {exc}") from exc

@@ -16,7 +16,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
 from gateway.services.explicit_vr import as_explicit_little
-from gateway.services.transcode import parse
+from gateway.services.transcode import TranscodeError, encoded, parse
 from tests.conftest import CorpusFile
 
 
@@ -57,6 +57,9 @@ def test_every_element_reads_back_as_pydicoms_conversion_gives_it(corpus: list[C
             as_explicit_little(fast)
             with pytest.raises(ValueError):
                 _explicit(fast)
+            # For retrieval that is a failed sub-operation with its reason, not an exception.
+            with pytest.raises(TranscodeError):
+                encoded(parse(data, uid.ImplicitVRLittleEndian), uid.ExplicitVRLittleEndian)
             continue
         fast = parse(data, uid.ImplicitVRLittleEndian)
         as_explicit_little(fast)
