@@ -8,6 +8,7 @@ predecessor, so a viewer and an auditor can both tell what happened.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ class LossyStep:
     method: str  # (0028,2114) defined term, e.g. ISO_14495_1
     description: str  # what was done, for Derivation Description
 
+    def __post_init__(self) -> None:
+        if not self.ratio > 0 or math.isinf(self.ratio):
+            raise ValueError(f"compression ratio {self.ratio} must be a positive finite number")
+
 
 def derived_uid(source_uid: str, step: str) -> str:
     """The UID of the instance derived from `source_uid` by `step`.
@@ -45,6 +50,7 @@ def apply_lossy_step(dataset: Dataset, step: LossyStep, new_uid: str) -> None:
     source_uid = str(dataset.SOPInstanceUID)
     source_class = str(dataset.SOPClassUID)
     dataset.LossyImageCompression = "01"
+    # DS holds at most 16 characters.
     dataset.LossyImageCompressionRatio = [*_values(dataset.get("LossyImageCompressionRatio")),
                                           f"{step.ratio:.6g}"[:16]]
     dataset.LossyImageCompressionMethod = [*_values(dataset.get("LossyImageCompressionMethod")), step.method]

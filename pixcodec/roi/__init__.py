@@ -20,7 +20,7 @@ from .codec import (
     read_header,
     stored_values,
 )
-from .figures import RoiFigures, combine, lossy_attributes, measure
+from .figures import RoiFigures, combine, measure
 from .geometry import ImagePlane, contours_mask, rescale_of, rtstruct_contours, seg_frames_for_image, seg_frames_mask
 from .masks import (
     DEFAULT_MARGIN,
@@ -60,7 +60,6 @@ __all__ = [
     "display_grey",
     "encode",
     "encode_measured",
-    "lossy_attributes",
     "lossy_method",
     "measure",
     "mr_foreground_mask",

@@ -16,10 +16,10 @@ import numpy.typing as npt
 
 from ..base import PixelSpec
 from ..quality import compression_ratio, psnr_from_mse
-from .codec import LOSSY_METHOD, stored_values
+from .codec import stored_values
 from .masks import Mask
 
-__all__ = ["RoiFigures", "combine", "lossy_attributes", "measure"]
+__all__ = ["RoiFigures", "combine", "measure"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,22 +95,3 @@ def _figures(spec: PixelSpec, *, frames: int, compressed_bytes: int, samples: in
         squared_error=squared_error,
         squared_error_outside=squared_error_outside,
     )
-
-
-def lossy_attributes(ratio: float, method: str = LOSSY_METHOD) -> dict[str, str]:
-    """The General Image module's lossy attributes (PS3.3 C.7.6.1.1.5) for an instance whose
-    frames were coded ROI-hybrid and are not all exact, by pydicom keyword.
-
-    `ratio` is the instance's (all frames) uncompressed over compressed size, `method` what
-    `lossy_method` says of the layouts that altered values. When the received
-    instance was already lossy, the standard asks for its ratio and method to be kept, with
-    ours appended as further values; that merge belongs to whoever writes the dataset.
-    """
-    if not ratio > 0 or math.isinf(ratio):
-        raise ValueError(f"compression ratio {ratio} must be a positive finite number")
-    return {
-        "LossyImageCompression": "01",
-        # DS holds at most 16 characters.
-        "LossyImageCompressionRatio": f"{ratio:.6g}"[:16],
-        "LossyImageCompressionMethod": method,
-    }

@@ -22,7 +22,6 @@ from pixcodec.roi import (
     decode,
     encode,
     encode_measured,
-    lossy_attributes,
     lossy_method,
     measure,
     read_header,
@@ -101,7 +100,7 @@ def test_ct_slice_saves_against_lossless() -> None:
     assert sizes == sorted(sizes, reverse=True)
 
 
-def test_figures_and_lossy_attributes() -> None:
+def test_figures() -> None:
     spec, cases = corpus_case("ct/pancreas_ct_philips_series/slice_001.dcm")
     frame, mask = cases[0]
     blob, decoded = check_round_trip(frame, spec, mask, 2)
@@ -119,20 +118,12 @@ def test_figures_and_lossy_attributes() -> None:
     assert both.max_error_outside == 2 and both.roi_fraction == pytest.approx(figures.roi_fraction)
     with pytest.raises(ValueError):
         combine([], spec)
-    attributes = lossy_attributes(figures.ratio)
-    assert attributes["LossyImageCompression"] == "01"
-    assert attributes["LossyImageCompressionMethod"] == LOSSY_METHOD == "ISO_14495_1"
-    assert float(attributes["LossyImageCompressionRatio"]) == pytest.approx(figures.ratio, rel=1e-5)
-    assert len(attributes["LossyImageCompressionRatio"]) <= 16
-    with pytest.raises(ValueError):
-        lossy_attributes(0.0)
 
 
 def test_lossy_method_names_the_coder_that_altered_values() -> None:
     assert lossy_method([Layout.CORRECTION, Layout.TWO_LAYERS]) == LOSSY_METHOD == "ISO_14495_1"
     assert lossy_method([Layout.CORRECTION, Layout.PRED]) == PRED_LOSSY_METHOD
     assert len(PRED_LOSSY_METHOD) <= 16  # a CS value
-    assert lossy_attributes(2.0, PRED_LOSSY_METHOD)["LossyImageCompressionMethod"] == PRED_LOSSY_METHOD
 
 
 def test_header_labels_the_blob() -> None:
