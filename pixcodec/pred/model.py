@@ -54,8 +54,6 @@ class ContextModel:
         # output sum below 2**58, inside int64 whatever the weights.
         if max(np.abs(w1).max(), np.abs(b1).max(), np.abs(w2).max()) >= 1 << 20 or np.abs(b2).max() >= 1 << 40:
             raise CodecUnavailable(f"context model {name} has weights out of range")
-        for weights in (w1, b1, w2, b2):
-            weights.flags.writeable = False  # shared by every codec instance (shipped_models)
         return cls(name, digest, w1, b1, w2, b2)
 
 
