@@ -80,10 +80,11 @@ def default_registry() -> CodecRegistry:
     choice for storage (32-bit words included, where zstd is smaller and faster). Our own `pred`
     (over the corpus 1.9 % smaller than JPEG XL e7 on CT, 4.5 % on MR; a 512x512 slice in about
     75 ms to encode, 25 ms to decode) comes last: it has no transfer syntax, so it is an archive
-    choice made by the mode decision (see decide.py), never the default.
+    choice made by the mode decision (see decide.py), never the default. Its version 1 stays
+    registered so that every blob written with it still decodes.
     """
     registry = CodecRegistry()
     for codec in (JpegLsCodec(), Htj2kCodec(), Jpeg2000Codec(), JpegXlCodec(), ZstdCodec(), RleCodec(),
-                  PredCodec.default()):
+                  PredCodec.default(), PredCodec.default(bitstream_version=1)):
         registry.register(codec)
     return registry

@@ -20,6 +20,12 @@ import numpy as np
 N_LS = 23
 TAP_DY = np.array([-1, -1, -1, 0, -2, -1, -2, -2, -1, 0, -3, -2, -2, -1, -1, -3, -3, -3, -3, -2, -2, -3, -3], dtype=np.int64)
 TAP_DX = np.array([0, -1, 1, -2, 0, -2, -1, 1, 2, -3, 0, -2, 2, -3, 3, -1, 1, -2, 2, -3, 3, -3, 3], dtype=np.int64)
+# With a reference frame (the previous slice of a series, already decoded), five more taps:
+# its pixel at this position and that pixel's four neighbours. The reference is whole, so
+# taps below and right of the pixel are as causal as those above and left.
+N_REF = 5
+REF_DY = np.array([0, 0, -1, 0, 1], dtype=np.int64)
+REF_DX = np.array([0, -1, 0, 1, 0], dtype=np.int64)
 N_GCLS = 4  # weight sets by local gradient ...
 N_OCLS = 2  # ... times by orientation (horizontal activity above vertical, or not)
 N_CLS = N_GCLS * N_OCLS
@@ -108,7 +114,7 @@ def _log4(v):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump, tol):
+def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump, tol, ref):
     """Encode `img` into `buf` (encode=True) or decode `buf[:in_len]` into `img`.
 
     `img` is int32 (rows, columns). A `dump` of rows x columns rows receives each pixel's
@@ -117,12 +123,15 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     in-loop quantisation: the encoder overwrites `img` with what the decoder will rebuild);
     empty, every pixel is exact and the bitstream is the lossless one. Pixels with a tolerance
     have probability rows of their own, so exact pixels code as they would without them.
+    A `ref` of the frame's shape is the reference frame: `ls_weights` then has N_LS + N_REF
+    columns, the last N_REF for its taps; empty, the frame is coded on its own.
     Returns (status, bytes written or read).
     """
     rows, cols = img.shape
     hidden = net_w1.shape[0]
     dumping = dump.shape[0] == rows * cols
     tolerant = tol.shape[0] == rows * cols
+    referenced = ref.shape[0] == rows and ref.shape[1] == cols and rows > 0
     feats = np.zeros(N_FEATURES, dtype=np.int64)
 
     # The range coder (LZMA's): its state lives in these locals, and every binary decision of
@@ -157,6 +166,8 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     # Inside the image the taps are fixed offsets into the flat pixel buffer.
     flat = img.reshape(rows * cols)
     offsets = TAP_DY * cols + TAP_DX
+    rflat = ref.reshape(ref.shape[0] * ref.shape[1])
+    roffsets = REF_DY * cols + REF_DX
     # The learned model's intensity feature: the top four bits of the coded range.
     int_shift16 = max(_bitlength(maxval) - 4, 0)
     # Rounded reciprocals: the bias mean as a multiply, not a division per pixel.
@@ -249,13 +260,45 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                             xx = min(max(x + TAP_DX[i], 0), cols - 1)
                             if not (yy == y and xx >= x):
                                 acc += ls_weights[cls, i] * (np.int64(img[yy, xx]) - w)
+                    if referenced:
+                        if 0 < y < rows - 1 and 0 < x < cols - 1:
+                            at = y * cols + x
+                            for i in range(N_REF):
+                                acc += ls_weights[cls, N_LS + i] * (np.int64(rflat[at + roffsets[i]]) - w)
+                        else:
+                            for i in range(N_REF):
+                                yy = min(max(y + REF_DY[i], 0), rows - 1)
+                                xx = min(max(x + REF_DX[i], 0), cols - 1)
+                                acc += ls_weights[cls, N_LS + i] * (np.int64(ref[yy, xx]) - w)
                     pred8 = min(max((w << 3) + (acc >> (LS_SHIFT - 3)), 0), maxval8)
                     raw8 = pred8
                     # The predictor's own recent errors around this pixel.
                     near = lerr[prv, xi] + lerr[cur, xi - 1] + lerr[prv, xi - 1] + lerr[prv, xi + 1] + (lerr[prv, xi] >> 1)
 
                     # Activity: what neighbouring errors and the local gradient say about this error.
-                    act = (abs(rw) + abs(rn) + (abs(rnw) + abs(rne)) // 2) + (near >> 2) + (grad << 1)
+                    agrad = grad
+                    if referenced:
+                        # The gradient of the difference to the reference (small where this
+                        # slice is the reference plus a smooth change) stands for half of the
+                        # local gradient, and the reference's own Laplacian here adds what the
+                        # causal neighbours cannot see: texture at and below this pixel.
+                        y1 = max(y - 1, 0)
+                        y2 = max(y - 2, 0)
+                        yb = min(y + 1, rows - 1)
+                        x1 = max(x - 1, 0)
+                        x2 = max(x - 2, 0)
+                        xe = min(x + 1, cols - 1)
+                        dw = w - np.int64(ref[y, x1])
+                        dn = n - np.int64(ref[y1, x])
+                        dnw = nw - np.int64(ref[y1, x1])
+                        dne = ne - np.int64(ref[y1, xe])
+                        dww = ww - np.int64(ref[y, x2])
+                        dnn = nn - np.int64(ref[y2, x])
+                        dgrad = abs(dn - dnw) + abs(dw - dnw) + abs(dne - dn) + abs(dw - dww) + abs(dn - dnn)
+                        lap = abs(4 * np.int64(ref[y, x]) - np.int64(ref[y, x1]) - np.int64(ref[y1, x])
+                                  - np.int64(ref[y, xe]) - np.int64(ref[yb, x]))
+                        agrad = ((grad + dgrad) >> 1) + lap
+                    act = (abs(rw) + abs(rn) + (abs(rnw) + abs(rne)) // 2) + (near >> 2) + (agrad << 1)
                     if allow > 0:
                         act //= qstep  # the quantised residual's scale
                     q = _bitlength(act)

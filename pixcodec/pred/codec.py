@@ -19,21 +19,27 @@ from ..standard.common import DICOM_MAX_DIMENSION, require_coding_spec
 from . import _kernel as k
 from .model import ContextModel, shipped_models
 
-__all__ = ["PRED_BITSTREAM_VERSION", "PredCodec", "Predictor", "decode_pixels", "encode_pixels", "predictor_bytes",
-           "predictor_options", "read_predictor"]
+__all__ = ["PRED_BITSTREAM_VERSION", "PredCodec", "Predictor", "WrongReference", "decode_pixels", "encode_pixels",
+           "predictor_bytes", "predictor_options", "read_predictor"]
 
-PRED_BITSTREAM_VERSION = 1
+# Version 2 is version 1 plus frames coded against a reference frame (FLAG_REFERENCE); every
+# version-1 payload reads as before, through a codec instance of version 1.
+PRED_BITSTREAM_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MAGIC = b"PRD"
 FLAG_TABLES = 1  # predictor tables follow; otherwise the fixed (W + N) / 2 predictor
 FLAG_MODEL = 2  # the learned context model named by the digest that follows ran
 FLAG_PACKED = 4  # pixels are coded as ranks among the values the frame uses; the set follows
 FLAG_SINGLE = 8  # with FLAG_TABLES: one weight set for every class, and no thresholds
-_FLAGS = FLAG_TABLES | FLAG_MODEL | FLAG_PACKED | FLAG_SINGLE
+FLAG_REFERENCE = 16  # version 2: predicted from a reference frame as well, whose CRC-32 follows
+_FLAGS = {1: FLAG_TABLES | FLAG_MODEL | FLAG_PACKED | FLAG_SINGLE,
+          2: FLAG_TABLES | FLAG_MODEL | FLAG_PACKED | FLAG_SINGLE | FLAG_REFERENCE}
 
 # magic, version, flags, rows, columns, bits stored, taps, gradient classes, orientation classes
 _HEAD = struct.Struct("<3sBBIIBBBB")
 _TAIL = struct.Struct("<II")  # CRC-32 of the pixels (little-endian words), coded length
 _PACKING = struct.Struct("<III")  # lowest value, span of the bitmap, length of its deflated form
+_REFERENCE = struct.Struct("<I")  # CRC-32 of the reference frame, as the pixel CRC
 _NO_THRESHOLD = 0xFFFFFFFF
 # Below this many pixels the class tables (380 bytes) may cost more than they save: the
 # encoder then also tries one weight set (46 bytes), and below the second limit no table at all,
@@ -58,20 +64,29 @@ class Predictor(enum.IntEnum):
 
 
 _THRESHOLD_COUNT = k.N_GCLS - 1 + k.N_INT - 1
-_PREDICTOR_BYTES = {Predictor.FIXED: 0, Predictor.SINGLE: 2 * k.N_LS,
-                    Predictor.TABLES: 4 * _THRESHOLD_COUNT + 2 * k.N_CLS * k.N_LS}
 _LOSSLESS_FLAGS = {Predictor.FIXED: 0, Predictor.SINGLE: FLAG_TABLES | FLAG_SINGLE, Predictor.TABLES: FLAG_TABLES}
+
+
+class WrongReference(CodecError):
+    """A payload coded against a reference frame was given none, or another one."""
+
+
+def _predictor_bytes(kind: Predictor, taps: int) -> int:
+    return {Predictor.FIXED: 0, Predictor.SINGLE: 2 * taps,
+            Predictor.TABLES: 4 * _THRESHOLD_COUNT + 2 * k.N_CLS * taps}[kind]
 
 
 class PredCodec:
     """Lossless coding of one-sample frames of up to 16 bits, with no DICOM transfer syntax.
 
     `model` is the learned context model to encode with (None: the hand-designed context
-    formula); decoding takes whichever the payload names, so one instance reads both.
+    formula); decoding takes whichever the payload names, so one instance reads both. An
+    instance of `bitstream_version` 1 writes and reads version-1 payloads only (blobs written
+    before version 2); one of version 2 can also code a frame against a reference frame, the
+    previous slice of a series (see `encode`).
     """
 
     codec_id: str = "pred"
-    bitstream_version: int = PRED_BITSTREAM_VERSION
     transfer_syntax_uid: str | None = None
     capabilities: Capabilities = Capabilities(
         lossless=True,
@@ -80,7 +95,11 @@ class PredCodec:
         max_dimension=DICOM_MAX_DIMENSION,
     )
 
-    def __init__(self, model: ContextModel | None = None, decoder_models: tuple[ContextModel, ...] = ()) -> None:
+    def __init__(self, model: ContextModel | None = None, decoder_models: tuple[ContextModel, ...] = (),
+                 bitstream_version: int = PRED_BITSTREAM_VERSION) -> None:
+        if bitstream_version not in READABLE_VERSIONS:
+            raise ValueError(f"pred has no bitstream version {bitstream_version}")
+        self.bitstream_version = bitstream_version
         self.model = model
         known = {m.digest: m for m in decoder_models}
         if model is not None:
@@ -88,16 +107,24 @@ class PredCodec:
         self._models = known
 
     @classmethod
-    def default(cls) -> PredCodec:
+    def default(cls, bitstream_version: int = PRED_BITSTREAM_VERSION) -> PredCodec:
         """The registered instance: encodes with the hand-designed context formula and decodes
         payloads written with any context model shipped in the package."""
-        return cls(None, shipped_models())
+        return cls(None, shipped_models(), bitstream_version)
 
     def __repr__(self) -> str:
-        return f"PredCodec(model={self.model.name if self.model is not None else None})"
+        return f"PredCodec(model={self.model.name if self.model is not None else None}, version={self.bitstream_version})"
 
-    def encode(self, frame: npt.NDArray[np.unsignedinteger], spec: PixelSpec) -> bytes:
+    def encode(self, frame: npt.NDArray[np.unsignedinteger], spec: PixelSpec, *,
+               reference: npt.NDArray[np.unsignedinteger] | None = None) -> bytes:
+        """The smallest payload for `frame`. With a `reference` (another frame of the same
+        coding spec: the previous slice), predictors using it are tried too, and the payload
+        needs that frame to decode only when one of them wins (see `references`)."""
         require_coding_spec(frame, spec, self.capabilities)
+        if reference is not None:
+            if self.bitstream_version < 2:
+                raise CodecError("pred version 1 codes no frame against a reference")
+            require_coding_spec(reference, spec, self.capabilities)
         image = np.ascontiguousarray(frame, dtype=np.int32)
         crc = _pixel_crc(image)
         maxval = (1 << spec.bits_stored) - 1
@@ -114,20 +141,37 @@ class PredCodec:
             image = (np.cumsum(used, dtype=np.int32) - 1)[image]
             maxval = len(present) - 1
         model = self.model
+        trials: list[tuple[Predictor, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32] | None]]
+        trials = [(kind, weights, thresholds, None) for kind, weights, thresholds in predictor_options(image)]
+        ref_crc = b""
+        if reference is not None:
+            ref_crc = _REFERENCE.pack(_pixel_crc(reference))
+            ref_image = _in_coded_values(reference, present if packing else None)
+            trials += [(kind, weights, thresholds, ref_image)
+                       for kind, weights, thresholds in predictor_options(image, reference=ref_image)]
         best = b""
-        for kind, weights, thresholds in predictor_options(image):
-            flags = _LOSSLESS_FLAGS[kind] | (FLAG_PACKED if packing else 0) | (FLAG_MODEL if model is not None else 0)
+        for kind, weights, thresholds, ref in trials:
+            flags = (_LOSSLESS_FLAGS[kind] | (FLAG_PACKED if packing else 0) | (FLAG_MODEL if model is not None else 0)
+                     | (FLAG_REFERENCE if ref is not None else 0))
             table = predictor_bytes(kind, weights, thresholds)
-            coded, _ = encode_pixels(image, maxval, weights, thresholds, model)
-            head = _HEAD.pack(MAGIC, PRED_BITSTREAM_VERSION, flags, spec.rows, spec.columns, spec.bits_stored,
-                              k.N_LS, k.N_GCLS, k.N_OCLS)
-            payload = b"".join([head, model.digest if model is not None else b"", table, packing,
-                                _TAIL.pack(crc, len(coded)), coded])
+            coded, _ = encode_pixels(image, maxval, weights, thresholds, model, reference=ref)
+            head = _HEAD.pack(MAGIC, self.bitstream_version, flags, spec.rows, spec.columns, spec.bits_stored,
+                              weights.shape[1], k.N_GCLS, k.N_OCLS)
+            payload = b"".join([head, model.digest if model is not None else b"", ref_crc if ref is not None else b"",
+                                table, packing, _TAIL.pack(crc, len(coded)), coded])
             if not best or len(payload) < len(best):
                 best = payload
         return best
 
-    def decode(self, payload: bytes, spec: PixelSpec) -> npt.NDArray[np.unsignedinteger]:
+    @staticmethod
+    def references(payload: bytes) -> bool:
+        """Whether `payload` was coded against a reference frame, which its decode then needs."""
+        return len(payload) > 4 and payload[:3] == MAGIC and payload[3] >= 2 and bool(payload[4] & FLAG_REFERENCE)
+
+    def decode(self, payload: bytes, spec: PixelSpec, *,
+               reference: npt.NDArray[np.unsignedinteger] | None = None) -> npt.NDArray[np.unsignedinteger]:
+        """The frame `encode` coded; a payload that `references` a frame needs that `reference`
+        (WrongReference without it, or with another frame)."""
         if spec.signed or self.capabilities.unsupported_reasons(spec):
             raise UnsupportedPixelSpec("pred decodes unsigned one-sample frames of 8 or 16 bits allocated only")
         view = memoryview(payload)
@@ -136,12 +180,14 @@ class PredCodec:
         magic, version, flags, rows, columns, bits, taps, gcls, ocls = _HEAD.unpack_from(view, 0)
         if magic != MAGIC:
             raise CorruptBitstream("pred payload does not start with its magic")
-        if version != PRED_BITSTREAM_VERSION:
-            raise CorruptBitstream(f"pred bitstream version {version} is not {PRED_BITSTREAM_VERSION}")
+        if version != self.bitstream_version:
+            raise CorruptBitstream(f"pred bitstream version {version} is not {self.bitstream_version}")
         if (rows, columns, bits) != (spec.rows, spec.columns, spec.bits_stored):
             raise CorruptBitstream(f"pred payload is {rows}x{columns} at {bits} bits, expected "
                                    f"{spec.rows}x{spec.columns} at {spec.bits_stored}")
-        if (taps, gcls, ocls) != (k.N_LS, k.N_GCLS, k.N_OCLS) or flags & ~_FLAGS:
+        referenced = bool(flags & FLAG_REFERENCE)
+        if ((taps, gcls, ocls) != (k.N_LS + (k.N_REF if referenced else 0), k.N_GCLS, k.N_OCLS)
+                or flags & ~_FLAGS[version]):
             raise CorruptBitstream("pred payload declares a predictor layout this version does not have")
         at = _HEAD.size
         model = None
@@ -151,24 +197,38 @@ class PredCodec:
             model = self._models.get(digest)
             if model is None:
                 raise CorruptBitstream(f"pred payload names an unknown context model {digest.hex()[:16]}")
-        if flags & FLAG_SINGLE and not flags & FLAG_TABLES:
-            raise CorruptBitstream("pred payload declares one weight set but no tables")
+        ref_crc = None
+        if referenced:
+            if len(view) < at + _REFERENCE.size:
+                raise CorruptBitstream("pred payload is truncated in its reference")
+            (ref_crc,) = _REFERENCE.unpack_from(view, at)
+            at += _REFERENCE.size
+            if reference is None:
+                raise WrongReference("pred payload was coded against a reference frame, and none was given")
+            require_coding_spec(reference, spec, self.capabilities)
+            if _pixel_crc(np.asarray(reference)) != ref_crc:
+                raise WrongReference("pred payload was coded against another reference frame")
+        if flags & (FLAG_SINGLE | FLAG_REFERENCE) and not flags & FLAG_TABLES:
+            raise CorruptBitstream("pred payload declares one weight set or a reference but no tables")
         kind = (Predictor.SINGLE if flags & FLAG_SINGLE else Predictor.TABLES if flags & FLAG_TABLES
                 else Predictor.FIXED)
-        weights, thresholds, at = read_predictor(view, at, kind)
+        weights, thresholds, at = read_predictor(view, at, kind, referenced=referenced)
         maxval = (1 << bits) - 1
         values = None
         if flags & FLAG_PACKED:
             values = _read_packing(view, at, maxval)
             at += _PACKING.size + _PACKING.unpack_from(view, at)[2]
             maxval = len(values) - 1
+        ref_image = None
+        if reference is not None and referenced:
+            ref_image = _in_coded_values(reference, values)
         if len(view) < at + _TAIL.size:
             raise CorruptBitstream("pred payload is truncated before its coded data")
         crc, length = _TAIL.unpack_from(view, at)
         at += _TAIL.size
         if len(view) != at + length:
             raise CorruptBitstream(f"pred payload holds {len(view) - at} coded bytes, its header says {length}")
-        image = decode_pixels(view[at:], (rows, columns), maxval, weights, thresholds, model)
+        image = decode_pixels(view[at:], (rows, columns), maxval, weights, thresholds, model, reference=ref_image)
         if values is not None:
             image = values[image]
         if _pixel_crc(image) != crc:
@@ -178,17 +238,20 @@ class PredCodec:
 
 def encode_pixels(image: npt.NDArray[np.int32], maxval: int, weights: npt.NDArray[np.int64],
                   thresholds: npt.NDArray[np.int64], model: ContextModel | None,
-                  tolerance: npt.NDArray[np.uint8] | None = None) -> tuple[bytes, npt.NDArray[np.int32]]:
+                  tolerance: npt.NDArray[np.uint8] | None = None,
+                  reference: npt.NDArray[np.int32] | None = None) -> tuple[bytes, npt.NDArray[np.int32]]:
     """The range-coded pixels, and the frame a decoder rebuilds from them: `image` itself when
     every pixel is exact, a copy with the tolerant pixels as rebuilt when `tolerance` (one value
-    per pixel) allows errors."""
+    per pixel) allows errors. With a `reference` frame (coded values, the image's shape), the
+    weights carry its taps too (see fit_predictor)."""
     capacity = 4 * image.size + 1024
     for attempt in range(2):
         # The kernel writes the rebuilt values over tolerant pixels: never over the caller's frame.
         target = image if tolerance is None else image.copy()
         buf = np.empty(capacity, dtype=np.uint8)  # written front to back before it is read
         status, length = _run(target, True, maxval, weights, thresholds, model, buf, 0,
-                              tolerance=_NO_TOLERANCE if tolerance is None else tolerance.ravel())
+                              tolerance=_NO_TOLERANCE if tolerance is None else tolerance.ravel(),
+                              reference=_NO_REFERENCE if reference is None else reference)
         if status == k.STATUS_OK:
             return buf[:length].tobytes(), target
         if status != k.STATUS_OVERFLOW or attempt == 1:
@@ -199,33 +262,38 @@ def encode_pixels(image: npt.NDArray[np.int32], maxval: int, weights: npt.NDArra
 
 def decode_pixels(coded: memoryview, shape: tuple[int, int], maxval: int, weights: npt.NDArray[np.int64],
                   thresholds: npt.NDArray[np.int64], model: ContextModel | None,
-                  tolerance: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.int32]:
+                  tolerance: npt.NDArray[np.uint8] | None = None,
+                  reference: npt.NDArray[np.int32] | None = None) -> npt.NDArray[np.int32]:
     """The frame `encode_pixels` coded; CorruptBitstream when a value leaves the coded range."""
     buf = np.frombuffer(coded, dtype=np.uint8).copy()
     image = np.zeros(shape, dtype=np.int32)
     status, _ = _run(image, False, maxval, weights, thresholds, model, buf, len(buf),
-                     tolerance=_NO_TOLERANCE if tolerance is None else tolerance.ravel())
+                     tolerance=_NO_TOLERANCE if tolerance is None else tolerance.ravel(),
+                     reference=_NO_REFERENCE if reference is None else reference)
     if status != k.STATUS_OK:
         raise CorruptBitstream("pred coded data decodes to values outside the stored range")
     return image
 
 
-def predictor_options(image: npt.NDArray[np.int32], *, row_step: int = 1
+def predictor_options(image: npt.NDArray[np.int32], *, row_step: int = 1,
+                      reference: npt.NDArray[np.int32] | None = None
                       ) -> list[tuple[Predictor, npt.NDArray[np.int64], npt.NDArray[np.int64]]]:
     """Each predictor worth a trial for a frame of this size, in the order they are tried: one
     weight set below _TRY_SINGLE_BELOW pixels, the class tables from _TRY_FIXED_BELOW up, the fixed
     predictor below that (or when nothing could be fitted). `row_step` thins the tables' fit on
-    frames too large for one weight set (see fit_predictor)."""
+    frames too large for one weight set (see fit_predictor). With a `reference`, the fitted
+    predictors use its taps too, and the fixed one is left out: it would not use them."""
     options = []
     if image.size < _TRY_SINGLE_BELOW:
-        fitted = fit_predictor(image, classes=False)
+        fitted = fit_predictor(image, classes=False, reference=reference)
         if fitted is not None:
             options.append((Predictor.SINGLE, *fitted))
     if image.size >= _TRY_FIXED_BELOW:
-        fitted = fit_predictor(image, row_step=row_step if image.size >= _TRY_SINGLE_BELOW else 1)
+        fitted = fit_predictor(image, row_step=row_step if image.size >= _TRY_SINGLE_BELOW else 1,
+                               reference=reference)
         if fitted is not None:
             options.append((Predictor.TABLES, *fitted))
-    if not options or image.size < _TRY_FIXED_BELOW:
+    if reference is None and (not options or image.size < _TRY_FIXED_BELOW):
         options.append((Predictor.FIXED, *default_predictor()))
     return options
 
@@ -239,20 +307,22 @@ def predictor_bytes(kind: Predictor, weights: npt.NDArray[np.int64], thresholds:
     return b""
 
 
-def read_predictor(view: memoryview, at: int, kind: Predictor
+def read_predictor(view: memoryview, at: int, kind: Predictor, *, referenced: bool = False
                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
-    """(weights, thresholds, the offset after them) of a `kind` predictor stored at `at`."""
-    end = at + _PREDICTOR_BYTES[kind]
+    """(weights, thresholds, the offset after them) of a `kind` predictor stored at `at`, with
+    the reference taps' weights when `referenced`."""
+    weights, thresholds = default_predictor(referenced)
+    taps = weights.shape[1]
+    end = at + _predictor_bytes(kind, taps)
     if len(view) < end:
         raise CorruptBitstream(f"pred payload is truncated in its predictor ({kind.name.lower()})")
-    weights, thresholds = default_predictor()
     if kind is Predictor.SINGLE:
         weights[:] = np.frombuffer(view[at:end], dtype="<i2").astype(np.int64)
     elif kind is Predictor.TABLES:
         split = at + 4 * _THRESHOLD_COUNT
         thresholds = np.frombuffer(view[at:split], dtype="<u4").astype(np.int64)
         thresholds[thresholds == _NO_THRESHOLD] = 1 << 40
-        weights = np.frombuffer(view[split:end], dtype="<i2").astype(np.int64).reshape(k.N_CLS, k.N_LS)
+        weights = np.frombuffer(view[split:end], dtype="<i2").astype(np.int64).reshape(k.N_CLS, taps)
     return weights, thresholds, end
 
 
@@ -279,7 +349,18 @@ def _read_packing(view: memoryview, at: int, maxval: int) -> npt.NDArray[np.int3
     return values
 
 
-def _pixel_crc(image: npt.NDArray[np.int32]) -> int:
+def _in_coded_values(reference: npt.NDArray[np.unsignedinteger], values: npt.NDArray[np.integer] | None
+                     ) -> npt.NDArray[np.int32]:
+    """The reference frame on the scale the frame is coded on: its values as they are, or, for a
+    packed frame, each as the rank of the nearest value at or above it in the frame's set."""
+    image = np.ascontiguousarray(reference, dtype=np.int32)
+    if values is None:
+        return image
+    ranks: npt.NDArray[np.int32] = np.minimum(np.searchsorted(values, image), len(values) - 1).astype(np.int32)
+    return ranks
+
+
+def _pixel_crc(image: npt.NDArray[np.integer]) -> int:
     return zlib.crc32(image.astype("<u2").tobytes()) & 0xFFFFFFFF
 
 
@@ -289,32 +370,42 @@ _NO_DUMP = np.zeros((0, k.N_FEATURES + 2), dtype=np.int64)
 
 
 _NO_TOLERANCE = np.zeros(0, dtype=np.uint8)
+_NO_REFERENCE = np.zeros((0, 0), dtype=np.int32)
 
 
 def _run(image: npt.NDArray[np.int32], encode: bool, maxval: int, weights: npt.NDArray[np.int64],
          thresholds: npt.NDArray[np.int64], model: ContextModel | None, buf: npt.NDArray[np.uint8],
          in_length: int, dump: npt.NDArray[np.int64] = _NO_DUMP,
-         tolerance: npt.NDArray[np.uint8] = _NO_TOLERANCE) -> tuple[int, int]:
+         tolerance: npt.NDArray[np.uint8] = _NO_TOLERANCE,
+         reference: npt.NDArray[np.int32] = _NO_REFERENCE) -> tuple[int, int]:
     """The typed door to the compiled kernel: every call has the same argument types, so numba
     compiles (or loads from its cache) one specialisation only."""
+    referenced = reference.size > 0
+    # The kernel does not check bounds: a mismatch here would read past an array.
+    if weights.shape != (k.N_CLS, k.N_LS + (k.N_REF if referenced else 0)) or (
+            referenced and reference.shape != image.shape):
+        raise ValueError(f"pred weights {weights.shape} and reference {reference.shape} do not fit an image "
+                         f"{image.shape}")
     if model is None:
         w1, b1, w2, b2 = _EMPTY_W1, _EMPTY_1, _EMPTY_1, _EMPTY_1
     else:
         w1, b1, w2, b2 = model.w1, model.b1, model.w2, model.b2
     status, length = k.code_frame(image, bool(encode), int(maxval), weights, thresholds, w1, b1, w2, b2, buf,
-                                  int(in_length), dump, tolerance)
+                                  int(in_length), dump, tolerance, reference)
     return int(status), int(length)
 
 
-def default_predictor() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(W + N) / 2 in every class: what small frames use instead of fitted tables."""
-    weights = np.zeros((k.N_CLS, k.N_LS), dtype=np.int64)
+def default_predictor(referenced: bool = False) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(W + N) / 2 in every class: what small frames use instead of fitted tables. Referenced,
+    the weights have columns for the reference taps too, all 0."""
+    weights = np.zeros((k.N_CLS, k.N_LS + (k.N_REF if referenced else 0)), dtype=np.int64)
     weights[:, 0] = 1 << (k.LS_SHIFT - 1)  # tap 0 is N; W is the base
     thresholds = np.full(k.N_GCLS - 1 + k.N_INT - 1, 1 << 40, dtype=np.int64)
     return weights, thresholds
 
 
-def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True, row_step: int = 1
+def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True, row_step: int = 1,
+                  reference: npt.NDArray[np.int32] | None = None
                   ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
     """Least-squares weights per class, and the class thresholds, fitted to `image`; None
     where there is too little texture to fit (the fixed predictor then costs no table).
@@ -328,13 +419,15 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True, row_step: 
     `row_step` above 1 fits on every so many rows only: that much faster, for callers that
     trade a little prediction for time.
     """
-    weights, thresholds = default_predictor()
+    weights, thresholds = default_predictor(referenced=reference is not None)
     rows, cols = image.shape
-    if rows < 4 or cols < 7:
+    below = 0 if reference is None else 1  # a reference tap looks one row down
+    if rows < 4 + below or cols < 7:
         return None
     flat = image.astype(np.int64).ravel()
-    ys, xs = np.mgrid[3:rows:row_step, 3:cols - 3]
-    at = (ys * cols + xs).ravel()  # the interior, where every tap is inside the image
+    # The interior, where every tap is inside the image.
+    ys, xs = np.mgrid[3:rows - below:row_step, 3:cols - 3]
+    at = (ys * cols + xs).ravel()
 
     def tap(dy: int, dx: int, where: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         found: npt.NDArray[np.int64] = flat[where + (dy * cols + dx)]
@@ -344,7 +437,8 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True, row_step: 
                             tap(-2, 0, at))
     grad = np.abs(n - nw) + np.abs(w - nw) + np.abs(ne - n) + np.abs(w - ww) + np.abs(n - nn)
     keep = grad > 0
-    if int(keep.sum()) < 8 * k.N_LS:
+    taps_count = weights.shape[1]
+    if int(keep.sum()) < 8 * taps_count:
         return None
     if classes:
         quartiles = np.quantile(grad[keep], [(i + 1) / k.N_GCLS for i in range(k.N_GCLS - 1)])
@@ -357,21 +451,26 @@ def fit_predictor(image: npt.NDArray[np.int32], classes: bool = True, row_step: 
     pixel_class = (np.searchsorted(thresholds[:k.N_GCLS - 1], grad, side="left")
                    + k.N_GCLS * (np.abs(w - ww) + np.abs(n - nw) > np.abs(w - nw) + np.abs(n - nn)))
     offsets = k.TAP_DY * cols + k.TAP_DX
+    reference_offsets = k.REF_DY * cols + k.REF_DX
     if not classes:
         pixel_class[:] = 0
     for cls in range(k.N_CLS if classes else 1):
         index = np.flatnonzero(keep & (pixel_class == cls))
-        if len(index) < 4 * k.N_LS:
+        if len(index) < 4 * taps_count:
             continue
         if len(index) > _MAX_FIT_SAMPLES:
             index = index[:: -(-len(index) // _MAX_FIT_SAMPLES)]
         where = at[index]
         base = w[index]
         scale = 1.0 / (grad[index] + 4.0)
-        taps = (flat[where[:, None] + offsets[None, :]] - base[:, None]) * scale[:, None]
+        taps = flat[where[:, None] + offsets[None, :]]
+        if reference is not None:
+            near_ref = reference.astype(np.int64).ravel()[where[:, None] + reference_offsets[None, :]]
+            taps = np.concatenate([taps, near_ref], axis=1)
+        taps = (taps - base[:, None]) * scale[:, None]
         target = (flat[where] - base) * scale
         normal = taps.T @ taps
-        normal[np.diag_indices_from(normal)] += 1e-6 * (np.trace(normal) / k.N_LS + 1.0)
+        normal[np.diag_indices_from(normal)] += 1e-6 * (np.trace(normal) / taps_count + 1.0)
         try:
             solution = np.linalg.solve(normal, taps.T @ target)
         except np.linalg.LinAlgError:

@@ -19,7 +19,8 @@ import pytest
 
 from pixcodec import CorruptBitstream, PixelSpec, UnsupportedPixelSpec, default_registry, preprocess
 from pixcodec.pred import PredCodec, shipped_models
-from pixcodec.pred.codec import _HEAD, FLAG_MODEL, FLAG_PACKED, FLAG_TABLES, fit_predictor
+from pixcodec.base import CodecError
+from pixcodec.pred.codec import _HEAD, FLAG_MODEL, FLAG_PACKED, FLAG_TABLES, WrongReference, fit_predictor
 from pixcodec.pred.near import decode_within, encode_within
 
 from .corpus_frames import manifest, raw_frames, spec_of
@@ -66,7 +67,8 @@ def test_corpus_through_the_container_and_the_registry() -> None:
     spec = spec_of(entry)
     reader = round_trip(CODEC, spec, list(raw_frames(entry)))
     assert reader.codec_id == "pred"
-    assert default_registry().get("pred", 1).transfer_syntax_uid is None
+    assert default_registry().get("pred", 2).transfer_syntax_uid is None
+    assert default_registry().get("pred", 1).bitstream_version == 1
 
 
 @pytest.mark.parametrize("codec", [CODEC, *LEARNED], ids=lambda c: repr(c))
@@ -99,13 +101,17 @@ def test_sparse_histograms_are_coded_as_ranks() -> None:
     assert np.array_equal(CODEC.decode(payload, spec), frame)
 
 
-# SHA-256 of the payload of `_golden_frame()`: the bitstream of version 1 must never change, on
-# any platform. Regenerate (after a deliberate format change, with a version bump) by running
-# with PACSGW_REGENERATE_GOLDEN=1 and pasting the printed digests.
+# SHA-256 of the payload of `_golden_frame()`: a bitstream version must never change, on any
+# platform. Version 1 is pinned through its own codec instance (it still decodes old blobs);
+# version 2 differs from it in the version byte only, and adds "reference": the frame coded
+# against a shifted copy of itself. Regenerate (after a deliberate format change, with a version
+# bump) by running with PACSGW_REGENERATE_GOLDEN=1 and pasting the printed digests.
 GOLDEN = {
-    "hand": "0c2a3aaf97117f95b3bee9944ca70dfb5d4e577e2926a93a27f23351b417cd29",
-    "9b353d78e7d60ab4c1ed9659cff48376adc9032b8eb9f5b02c4e53bc02369807.npz":
+    (1, "hand"): "0c2a3aaf97117f95b3bee9944ca70dfb5d4e577e2926a93a27f23351b417cd29",
+    (1, "9b353d78e7d60ab4c1ed9659cff48376adc9032b8eb9f5b02c4e53bc02369807.npz"):
         "84c642e66875fc1470298c8db581e561058484e87ab9e5a4eba7eca82b2aff44",
+    (2, "hand"): "5f5498e174d439367de30f46afbb71232166bd2a777881f059c27835c1e86784",
+    (2, "reference"): "a91c9ce9444c9424b16589197e950ec3dc50251ca2c3208690bf59e58daa7da2",
 }
 
 
@@ -119,18 +125,34 @@ def _golden_frame() -> tuple[npt.NDArray[np.uint16], PixelSpec]:
     return np.clip(np.round(frame), 0, 4095).astype(np.uint16), spec
 
 
-@pytest.mark.parametrize("codec", [CODEC, *LEARNED], ids=lambda c: repr(c))
-def test_golden_bitstream(codec: PredCodec) -> None:
-    frame, spec = _golden_frame()
-    payload = codec.encode(frame, spec)
-    assert np.array_equal(codec.decode(payload, spec), frame)
-    key = "hand" if codec.model is None else codec.model.name
+def _check_golden(key: tuple[int, str], payload: bytes) -> None:
     digest = hashlib.sha256(payload).hexdigest()
     if os.environ.get("PACSGW_REGENERATE_GOLDEN"):
         print(f"GOLDEN {key!r}: {digest!r}")
         return
     assert key in GOLDEN, f"no golden digest for {key}"
     assert digest == GOLDEN[key]
+
+
+GOLDEN_CODECS = [PredCodec.default(bitstream_version=1), CODEC,
+                 *(PredCodec(model, shipped_models(), bitstream_version=1) for model in shipped_models())]
+
+
+@pytest.mark.parametrize("codec", GOLDEN_CODECS, ids=lambda c: repr(c))
+def test_golden_bitstream(codec: PredCodec) -> None:
+    frame, spec = _golden_frame()
+    payload = codec.encode(frame, spec)
+    assert np.array_equal(codec.decode(payload, spec), frame)
+    _check_golden((codec.bitstream_version, "hand" if codec.model is None else codec.model.name), payload)
+
+
+def test_golden_bitstream_with_a_reference() -> None:
+    frame, spec = _golden_frame()
+    reference = np.roll(frame, 1, axis=0)
+    payload = CODEC.encode(frame, spec, reference=reference)
+    assert PredCodec.references(payload)
+    assert np.array_equal(CODEC.decode(payload, spec, reference=reference), frame)
+    _check_golden((2, "reference"), payload)
 
 
 def test_predictor_fit_is_deterministic_integers() -> None:
@@ -142,19 +164,25 @@ def test_predictor_fit_is_deterministic_integers() -> None:
 
 # --- corrupt payloads: CorruptBitstream, never a crash, a hang or wrong pixels -----------------
 
-def _payloads() -> list[tuple[bytes, PixelSpec, npt.NDArray[np.unsignedinteger]]]:
+Frame = npt.NDArray[np.unsignedinteger]
+
+
+def _payloads() -> list[tuple[bytes, PixelSpec, Frame, Frame | None]]:
     frame, spec = _golden_frame()
     small = make_spec(rows=7, columns=9, allocated=8, stored=8)
     tiny = np.arange(63, dtype=np.uint8).reshape(7, 9)
     sparse = frame // 64 * 64
-    return [(CODEC.encode(frame, spec), spec, frame), (CODEC.encode(tiny, small), small, tiny),
-            (CODEC.encode(sparse, spec), spec, sparse)]
+    shifted = np.roll(frame, 1, axis=1)
+    referenced = CODEC.encode(frame, spec, reference=shifted)
+    assert PredCodec.references(referenced)
+    return [(CODEC.encode(frame, spec), spec, frame, None), (CODEC.encode(tiny, small), small, tiny, None),
+            (CODEC.encode(sparse, spec), spec, sparse, None), (referenced, spec, frame, shifted)]
 
 
-def _decodes_or_refuses(payload: bytes, spec: PixelSpec, original: npt.NDArray[np.unsignedinteger]) -> None:
+def _decodes_or_refuses(payload: bytes, spec: PixelSpec, original: Frame, reference: Frame | None = None) -> None:
     try:
-        decoded = CODEC.decode(payload, spec)
-    except CorruptBitstream:
+        decoded = CODEC.decode(payload, spec, reference=reference)
+    except (CorruptBitstream, WrongReference):  # a flipped flag may ask for a reference
         return
     # The pixel checksum lets a mutation through only when the pixels are exactly right.
     assert np.array_equal(decoded, original)
@@ -163,7 +191,7 @@ def _decodes_or_refuses(payload: bytes, spec: PixelSpec, original: npt.NDArray[n
 @pytest.mark.timeout(120)
 def test_fuzz_mutated_payloads() -> None:
     rng = np.random.default_rng(6)
-    for payload, spec, original in _payloads():
+    for payload, spec, original, reference in _payloads():
         for _ in range(150):
             data = bytearray(payload)
             kind = rng.integers(4)
@@ -177,7 +205,7 @@ def test_fuzz_mutated_payloads() -> None:
                 data[start:start + 8] = rng.integers(0, 256, size=len(data[start:start + 8]), dtype=np.uint8).tobytes()
             else:  # append garbage
                 data += rng.integers(0, 256, size=int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
-            _decodes_or_refuses(bytes(data), spec, original)
+            _decodes_or_refuses(bytes(data), spec, original, reference)
 
 
 @pytest.mark.timeout(60)
@@ -191,6 +219,55 @@ def test_fuzz_random_payloads() -> None:
             for data in (body, head + body):
                 with pytest.raises(CorruptBitstream):
                     CODEC.decode(data, spec)
+
+
+def _series_slices(count: int) -> tuple[list[Frame], PixelSpec]:
+    entries = sorted((e for e in ENTRIES if e["path"].startswith("ct/pancreas_ct_philips_series/")),
+                     key=lambda e: e["series_index"])[:count]
+    coded = [_coded(next(raw_frames(e, limit=1)), spec_of(e)) for e in entries]
+    return [frame for frame, _ in coded], coded[0][1]
+
+
+def test_a_series_slice_coded_against_the_previous_one_is_exact_and_smaller() -> None:
+    slices, spec = _series_slices(4)
+    intra = referenced = 0
+    for previous, frame in zip(slices, slices[1:]):
+        payload = CODEC.encode(frame, spec, reference=previous)
+        assert PredCodec.references(payload)
+        assert np.array_equal(CODEC.decode(payload, spec, reference=previous), frame)
+        referenced += len(payload)
+        intra += len(CODEC.encode(frame, spec))
+    assert referenced < 0.99 * intra
+
+
+def test_a_reference_payload_needs_its_own_reference() -> None:
+    slices, spec = _series_slices(3)
+    payload = CODEC.encode(slices[1], spec, reference=slices[0])
+    with pytest.raises(WrongReference, match="none was given"):
+        CODEC.decode(payload, spec)
+    with pytest.raises(WrongReference, match="another reference"):
+        CODEC.decode(payload, spec, reference=slices[2])
+    with pytest.raises(CodecError, match="version 1"):
+        PredCodec.default(bitstream_version=1).encode(slices[1], spec, reference=slices[0])
+    with pytest.raises(CorruptBitstream, match="version 2 is not 1"):
+        PredCodec.default(bitstream_version=1).decode(payload, spec)
+
+
+def test_a_reference_that_does_not_help_is_not_used() -> None:
+    frame, spec = _golden_frame()
+    noise = np.random.default_rng(3).integers(0, 4096, size=frame.shape).astype(np.uint16)
+    payload = CODEC.encode(frame, spec, reference=noise)
+    assert not PredCodec.references(payload)
+    assert payload == CODEC.encode(frame, spec)
+
+
+def test_a_packed_frame_takes_its_reference_as_ranks() -> None:
+    slices, spec = _series_slices(2)
+    wide = dataclasses.replace(spec, bits_stored=spec.bits_stored + 2)
+    previous, frame = (s.astype(np.uint16) * 4 for s in slices)
+    payload = CODEC.encode(frame, wide, reference=previous)
+    assert payload[4] & FLAG_PACKED and PredCodec.references(payload)
+    assert np.array_equal(CODEC.decode(payload, wide, reference=previous), frame)
 
 
 def test_unknown_context_model_is_refused() -> None:

@@ -21,13 +21,13 @@ from .helpers import make_spec
 def test_default_registry_order_and_choice() -> None:
     registry = default_registry()
     assert registry.keys() == [("jpeg-ls", 1), ("htj2k", 1), ("jpeg-2000", 1), ("jpeg-xl", 1), ("zstd", 1), ("rle", 1),
-                               ("pred", 1)]
+                               ("pred", 2), ("pred", 1)]
     assert isinstance(registry.get("jpeg-ls", 1), JpegLsCodec)
     assert isinstance(registry.get("jpeg-xl", 1), JpegXlCodec)
     assert registry.choose_lossless(make_spec(signed=True)).codec_id == "jpeg-ls"
     assert registry.choose_lossless(make_spec(samples=3, allocated=8, stored=8)).codec_id == "jpeg-ls"
     assert [c.codec_id for c in registry.candidates(make_spec())] == [
-        "jpeg-ls", "htj2k", "jpeg-2000", "jpeg-xl", "zstd", "rle", "pred"]
+        "jpeg-ls", "htj2k", "jpeg-2000", "jpeg-xl", "zstd", "rle", "pred", "pred"]
     # 32-bit words: zstd is smaller and faster than RLE, the one standard codec that takes them.
     thirty_two = make_spec(allocated=32, stored=24)
     assert [c.codec_id for c in registry.candidates(thirty_two)] == ["zstd", "rle"]
