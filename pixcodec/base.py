@@ -14,6 +14,7 @@ __all__ = [
     "CodecUnavailable",
     "CorruptBitstream",
     "FrameCodec",
+    "ReferencingCodec",
     "PHOTOMETRIC_SAMPLES",
     "PixelSpec",
     "UnsupportedPixelSpec",
@@ -172,6 +173,8 @@ class Capabilities:
     signed: bool = True
     max_dimension: int | None = None
     photometric: frozenset[str] | None = None  # None: any
+    # Predicts a frame from the previous one when given it (a ReferencingCodec).
+    reference_frames: bool = False
 
     def unsupported_reasons(self, spec: PixelSpec) -> list[str]:
         reasons: list[str] = []
@@ -226,3 +229,19 @@ class FrameCodec(Protocol):
     def encode(self, frame: npt.NDArray[np.unsignedinteger], spec: PixelSpec) -> bytes: ...
 
     def decode(self, payload: bytes, spec: PixelSpec) -> npt.NDArray[np.unsignedinteger]: ...
+
+
+@runtime_checkable
+class ReferencingCodec(FrameCodec, Protocol):
+    """A frame codec that can also predict a frame from a reference frame of the same coding
+    spec (the previous frame or slice): `encode` decides whether the reference is worth it, and
+    `references` tells from a payload whether its decode needs one. An instance offers this
+    when its capabilities say `reference_frames`."""
+
+    def encode(self, frame: npt.NDArray[np.unsignedinteger], spec: PixelSpec, *,
+               reference: npt.NDArray[np.unsignedinteger] | None = None) -> bytes: ...
+
+    def decode(self, payload: bytes, spec: PixelSpec, *,
+               reference: npt.NDArray[np.unsignedinteger] | None = None) -> npt.NDArray[np.unsignedinteger]: ...
+
+    def references(self, payload: bytes) -> bool: ...

@@ -13,13 +13,14 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from . import preprocess
-from .base import CodecError, CorruptBitstream, FrameCodec, PixelSpec, UnsupportedPixelSpec, VerificationFailed
+from .base import (CodecError, CorruptBitstream, FrameCodec, PixelSpec, ReferencingCodec, UnsupportedPixelSpec,
+                   VerificationFailed)
 from .preprocess import Mode, Preprocessing
 from .registry import CodecRegistry, default_registry
 
@@ -39,6 +40,9 @@ _FOOTER = struct.Struct("<QII4s")  # index offset, frame count, index CRC, end m
 _CRC = struct.Struct("<I")
 _MAX_HEADER = 4096
 _MAX_NAME = 64
+# A frame coded against the previous one needs it decoded first, and that one perhaps its own:
+# chains are cut here, so that any frame decodes with at most this many others.
+MAX_REFERENCE_CHAIN = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +79,16 @@ def encode_frame(codec: FrameCodec, frame: npt.NDArray[np.integer], spec: PixelS
 
 
 def encode_preprocessed(codec: FrameCodec, coded: npt.NDArray[np.unsignedinteger], record: Preprocessing,
-                        spec: PixelSpec) -> EncodedFrame:
-    """Encode a frame `preprocess.forward` already mapped (so several codecs can share one mapping)."""
+                        spec: PixelSpec, *, reference: npt.NDArray[np.unsignedinteger] | None = None
+                        ) -> EncodedFrame:
+    """Encode a frame `preprocess.forward` already mapped (so several codecs can share one mapping).
+    A `reference` (the previous frame, mapped alike) goes to a codec that can use one."""
     coding = preprocess.coding_spec(spec, record)
     try:
-        payload = bytes(codec.encode(coded, coding))
+        if reference is not None and codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec):
+            payload = bytes(codec.encode(coded, coding, reference=reference))
+        else:
+            payload = bytes(codec.encode(coded, coding))
     except CodecError:
         raise
     except Exception as exc:  # native libraries raise whatever they like
@@ -123,6 +132,11 @@ class ContainerWriter:
         self._fp, self._codec, self._spec = fp, codec, spec
         self._verify, self._pack = verify, pack
         self._entries: list[FrameEntry] = []
+        # For a codec that can predict a frame from the previous one: that frame as coded, how it
+        # was mapped, and how many frames its decode needs before it.
+        self._referencing = codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec)
+        self._previous: tuple[npt.NDArray[np.unsignedinteger], Preprocessing] | None = None
+        self._chain = 0
         self._failed: str | None = None
         self._finished = False
         self._written = 0
@@ -140,32 +154,55 @@ class ContainerWriter:
         """Preprocess, encode, decode again and compare; write the payload only if it is exact.
 
         `encoded` is this frame already encoded with this writer's codec (by the mode decision),
-        so it is not encoded twice; it is verified all the same.
+        so it is not encoded twice; it is verified all the same. A codec that can predict a frame
+        from the previous one is offered it (within MAX_REFERENCE_CHAIN).
         """
         if self._finished:
             raise CodecError("the container is already finished")
         self._spec.check_frame(frame)
         frame = np.ascontiguousarray(frame)
+        coded: npt.NDArray[np.unsignedinteger] | None = None
         try:
             if encoded is None:
-                encoded = encode_frame(self._codec, frame, self._spec, pack=self._pack)
+                coded, record = preprocess.forward(frame, self._spec, pack=self._pack)
+                encoded = encode_preprocessed(self._codec, coded, record, self._spec,
+                                              reference=self._reference_for(record))
+            referenced = self._referencing and cast(ReferencingCodec, self._codec).references(encoded.payload)
+            if referenced and self._reference_for(encoded.record) is None:
+                raise VerificationFailed("a frame refers to a previous frame it may not use")
             if self._verify:
-                self._check(encoded, frame)
+                self._check(encoded, frame, self._previous[0] if referenced and self._previous else None)
         except CodecError as exc:
             # A blob missing a frame must never be finished as if it were whole.
             self._failed = str(exc)
             raise
+        if self._referencing:
+            if coded is None and encoded.record.packing is None:
+                coded = preprocess.forward(frame, self._spec)[0]
+            self._previous = (coded, encoded.record) if coded is not None and encoded.record.packing is None else None
+            self._chain = self._chain + 1 if referenced else 0
         table = encoded.table
         self._entries.append(FrameEntry(self._written, len(encoded.payload), encoded.record,
                                         _crc(table + encoded.payload), _crc(frame), len(table)))
         self._write(table + encoded.payload)
 
-    def _check(self, encoded: EncodedFrame, frame: npt.NDArray[np.integer]) -> None:
+    def _reference_for(self, record: Preprocessing) -> npt.NDArray[np.unsignedinteger] | None:
+        """The previous frame as coded, if a frame mapped by `record` may be predicted from it:
+        same mapping, neither packed (ranks of two frames are on different scales), chain not full."""
+        if not self._referencing or self._previous is None or self._chain >= MAX_REFERENCE_CHAIN:
+            return None
+        previous, previous_record = self._previous
+        if record.packing is not None or (record.mode, record.depth) != (previous_record.mode, previous_record.depth):
+            return None
+        return previous
+
+    def _check(self, encoded: EncodedFrame, frame: npt.NDArray[np.integer],
+               reference: npt.NDArray[np.unsignedinteger] | None) -> None:
         record = encoded.record
         coding = preprocess.coding_spec(self._spec, record)
         codec_name = f"{self._codec.codec_id}/{self._codec.bitstream_version}"
         try:
-            decoded = self._codec.decode(encoded.payload, coding)
+            decoded = _decode(self._codec, encoded.payload, coding, reference)
             restored = preprocess.inverse(np.asarray(decoded).astype(coding.dtype, copy=False), record, self._spec)
         except Exception as exc:
             raise VerificationFailed(f"{codec_name} cannot decode its own output ({record.describe()}): {exc}") from exc
@@ -216,6 +253,7 @@ class ContainerReader:
         self._header_length, self.format_version, self.codec_id, self.codec_version, self.spec = self._read_header()
         self._entries = self._read_index()
         self.codec: FrameCodec = (registry or default_registry()).get(self.codec_id, self.codec_version)
+        self._last: tuple[int, npt.NDArray[np.unsignedinteger], Preprocessing] | None = None
 
     @property
     def frame_count(self) -> int:
@@ -257,11 +295,39 @@ class ContainerReader:
         return self.payload(index)
 
     def frame(self, index: int) -> npt.NDArray[np.integer]:
+        """Frame `index`, decoded and checked; a frame coded against earlier ones decodes them
+        first (the last frame decoded is kept, so reading in order decodes each frame once)."""
         entry = self._entry(index)
+        if self._last is not None and self._last[0] == index:
+            decoded, record = self._last[1], self._last[2]
+        else:
+            # Back to a frame that needs no other, or whose reference was just decoded.
+            start = index
+            while start > 0 and not (self._last is not None and self._last[0] == start - 1) and self._references(start):
+                start -= 1
+            for number in range(start, index + 1):
+                decoded, record = self._decoded(number)
+        frame = np.ascontiguousarray(preprocess.inverse(decoded, record, self.spec))
+        if _crc(frame) != entry.frame_crc:
+            raise CorruptBitstream(f"frame {index}: decoded pixels do not match their stored checksum")
+        return frame
+
+    def _references(self, index: int) -> bool:
+        return isinstance(self.codec, ReferencingCodec) and self.codec.references(self.payload(index))
+
+    def _decoded(self, index: int) -> tuple[npt.NDArray[np.unsignedinteger], Preprocessing]:
+        """Frame `index` as its codec returns it, with its mapping; remembered as the last one."""
         encoded = self.encoded(index)
         coding = preprocess.coding_spec(self.spec, encoded.record)
+        reference = None
+        if isinstance(self.codec, ReferencingCodec) and self.codec.references(encoded.payload):
+            previous = self._last if self._last is not None and self._last[0] == index - 1 else None
+            if previous is None or encoded.record.packing is not None or previous[2].packing is not None or (
+                    (previous[2].mode, previous[2].depth) != (encoded.record.mode, encoded.record.depth)):
+                raise CorruptBitstream(f"frame {index} refers to a previous frame it cannot use")
+            reference = previous[1]
         try:
-            decoded = np.asarray(self.codec.decode(encoded.payload, coding))
+            decoded = np.asarray(_decode(self.codec, encoded.payload, coding, reference))
         except CorruptBitstream:
             raise
         except Exception as exc:
@@ -269,10 +335,8 @@ class ContainerReader:
         if decoded.dtype != coding.dtype or decoded.shape != coding.frame_shape:
             raise CorruptBitstream(f"frame {index}: decoded {decoded.dtype}{decoded.shape}, "
                                    f"expected {coding.dtype}{coding.frame_shape}")
-        frame = np.ascontiguousarray(preprocess.inverse(decoded, encoded.record, self.spec))
-        if _crc(frame) != entry.frame_crc:
-            raise CorruptBitstream(f"frame {index}: decoded pixels do not match their stored checksum")
-        return frame
+        self._last = (index, decoded, encoded.record)
+        return decoded, encoded.record
 
     def frames(self) -> Iterator[npt.NDArray[np.integer]]:
         for index in range(self.frame_count):
@@ -341,6 +405,13 @@ class ContainerReader:
         if expected_offset != index_offset:
             raise CorruptBitstream("frame payloads do not end where the index starts")
         return entries
+
+
+def _decode(codec: FrameCodec, payload: bytes, coding: PixelSpec,
+            reference: npt.NDArray[np.unsignedinteger] | None) -> npt.NDArray[np.unsignedinteger]:
+    if reference is not None and isinstance(codec, ReferencingCodec):
+        return codec.decode(payload, coding, reference=reference)
+    return codec.decode(payload, coding)
 
 
 def _parse_header_body(body: bytes) -> tuple[str, int, PixelSpec]:

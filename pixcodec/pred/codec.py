@@ -88,18 +88,15 @@ class PredCodec:
 
     codec_id: str = "pred"
     transfer_syntax_uid: str | None = None
-    capabilities: Capabilities = Capabilities(
-        lossless=True,
-        samples_per_pixel=frozenset({1}),
-        bits_allocated=frozenset({8, 16}),
-        max_dimension=DICOM_MAX_DIMENSION,
-    )
 
     def __init__(self, model: ContextModel | None = None, decoder_models: tuple[ContextModel, ...] = (),
                  bitstream_version: int = PRED_BITSTREAM_VERSION) -> None:
         if bitstream_version not in READABLE_VERSIONS:
             raise ValueError(f"pred has no bitstream version {bitstream_version}")
         self.bitstream_version = bitstream_version
+        self.capabilities = Capabilities(lossless=True, samples_per_pixel=frozenset({1}),
+                                         bits_allocated=frozenset({8, 16}), max_dimension=DICOM_MAX_DIMENSION,
+                                         reference_frames=bitstream_version >= 2)
         self.model = model
         known = {m.digest: m for m in decoder_models}
         if model is not None:

@@ -26,8 +26,10 @@ from pixcodec import (
     ZstdCodec,
     default_registry,
 )
-from pixcodec.container import MAGIC
+from pixcodec.container import MAGIC, MAX_REFERENCE_CHAIN, EncodedFrame
+from pixcodec.pred import PredCodec
 
+from .corpus_frames import manifest, raw_frames, spec_of
 from .helpers import clean_frame, make_spec, smooth_frame
 
 
@@ -296,3 +298,76 @@ def test_packed_frames_round_trip_and_are_not_offered_as_standard_codestreams() 
     assert record.packing is not None and record.coded_depth < 16
     assert np.array_equal(reader.frame(0), frame)
     assert reader.standard_codestream(0) is None
+
+
+class _CountingPred(PredCodec):
+    """pred that counts its decodes, to see how many frames a random read costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decodes = 0
+
+    def decode(self, payload: bytes, spec: PixelSpec, *,
+               reference: npt.NDArray[np.unsignedinteger] | None = None) -> npt.NDArray[np.unsignedinteger]:
+        self.decodes += 1
+        return super().decode(payload, spec, reference=reference)
+
+
+def _cine() -> tuple[PixelSpec, list[npt.NDArray[np.integer]]]:
+    """A real multi-frame object: 16 frames of a cardiac MR cine."""
+    entry = next(e for e in manifest() if e["path"] == "mr/barre_mr_heart_multiframe_8bit.dcm")
+    return spec_of(entry), list(raw_frames(entry, limit=entry["frames"]))
+
+
+def test_frames_coded_against_the_previous_frame_read_back_in_any_order() -> None:
+    spec, frames = _cine()
+    sizes = {}
+    for version in (1, 2):
+        buffer = io.BytesIO()
+        writer = ContainerWriter(buffer, PredCodec.default(bitstream_version=version), spec)
+        for frame in frames:
+            writer.add_frame(frame)
+        sizes[version] = writer.finish()
+    assert sizes[2] < 0.97 * sizes[1]  # a cine's frames are much alike
+
+    codec = _CountingPred()
+    registry = CodecRegistry()
+    registry.register(codec)
+    reader = ContainerReader(io.BytesIO(buffer.getvalue()), registry)
+    referencing = [PredCodec.references(reader.payload(i)) for i in range(reader.frame_count)]
+    assert not referencing[0] and sum(referencing) >= len(frames) // 2
+    # No chain of frames that need their predecessor is longer than the bound.
+    run = longest = 0
+    for needs_previous in referencing:
+        run = run + 1 if needs_previous else 0
+        longest = max(longest, run)
+    assert 0 < longest <= MAX_REFERENCE_CHAIN
+
+    assert all(np.array_equal(a, b) for a, b in zip(reader.frames(), frames, strict=True))
+    assert codec.decodes == len(frames)  # in order, each frame is decoded once
+    for index in (len(frames) - 1, 3, 0, 9, 8, 9):
+        codec.decodes = 0
+        assert np.array_equal(reader.frame(index), frames[index])
+        assert codec.decodes <= MAX_REFERENCE_CHAIN + 1
+
+
+def test_the_writer_refuses_a_frame_coded_against_another_reference() -> None:
+    spec, frames = _cine()
+    buffer = io.BytesIO()
+    writer = ContainerWriter(buffer, PredCodec.default(), spec)
+    for frame in frames[:2]:
+        writer.add_frame(frame)
+    writer.finish()
+    reader = ContainerReader(io.BytesIO(buffer.getvalue()))
+    coded_against_frame_0 = reader.encoded(1)
+    assert PredCodec.references(coded_against_frame_0.payload)
+    for verify in (True, False):
+        first = ContainerWriter(io.BytesIO(), PredCodec.default(), spec, verify=verify)
+        with pytest.raises(VerificationFailed, match="previous frame"):
+            first.add_frame(frames[1], coded_against_frame_0)  # no previous frame at all
+    swapped = ContainerWriter(io.BytesIO(), PredCodec.default(), spec)
+    swapped.add_frame(frames[5])
+    with pytest.raises(VerificationFailed, match="another reference frame"):
+        swapped.add_frame(frames[1], coded_against_frame_0)
+    with pytest.raises(CodecError):
+        swapped.finish()
