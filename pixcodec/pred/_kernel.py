@@ -243,6 +243,28 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                     rww = res[cur, xi - 2] if x > 1 else rw
 
                     grad = abs(n - nw) + abs(w - nw) + abs(ne - n) + abs(w - ww) + abs(n - nn)
+                    cgrad = grad
+                    if referenced:
+                        # The gradient of the difference to the reference (small where this
+                        # slice is the reference plus a smooth change) stands for half of the
+                        # local gradient in the activity, and the reference's Laplacian here
+                        # adds what the causal neighbours cannot see: texture at and below.
+                        y1 = max(y - 1, 0)
+                        y2 = max(y - 2, 0)
+                        yb = min(y + 1, rows - 1)
+                        x1 = max(x - 1, 0)
+                        x2 = max(x - 2, 0)
+                        xe = min(x + 1, cols - 1)
+                        dw = w - np.int64(ref[y, x1])
+                        dn = n - np.int64(ref[y1, x])
+                        dnw = nw - np.int64(ref[y1, x1])
+                        dne = ne - np.int64(ref[y1, xe])
+                        dww = ww - np.int64(ref[y, x2])
+                        dnn = nn - np.int64(ref[y2, x])
+                        dgrad = abs(dn - dnw) + abs(dw - dnw) + abs(dne - dn) + abs(dw - dww) + abs(dn - dnn)
+                        lap = abs(4 * np.int64(ref[y, x]) - np.int64(ref[y, x1]) - np.int64(ref[y1, x])
+                                  - np.int64(ref[y, xe]) - np.int64(ref[yb, x]))
+                        cgrad = (grad + dgrad) >> 1
                     cls = 0
                     while cls < N_GCLS - 1 and grad > cls_thr[cls]:
                         cls += 1
@@ -278,26 +300,7 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                     # Activity: what neighbouring errors and the local gradient say about this error.
                     agrad = grad
                     if referenced:
-                        # The gradient of the difference to the reference (small where this
-                        # slice is the reference plus a smooth change) stands for half of the
-                        # local gradient, and the reference's own Laplacian here adds what the
-                        # causal neighbours cannot see: texture at and below this pixel.
-                        y1 = max(y - 1, 0)
-                        y2 = max(y - 2, 0)
-                        yb = min(y + 1, rows - 1)
-                        x1 = max(x - 1, 0)
-                        x2 = max(x - 2, 0)
-                        xe = min(x + 1, cols - 1)
-                        dw = w - np.int64(ref[y, x1])
-                        dn = n - np.int64(ref[y1, x])
-                        dnw = nw - np.int64(ref[y1, x1])
-                        dne = ne - np.int64(ref[y1, xe])
-                        dww = ww - np.int64(ref[y, x2])
-                        dnn = nn - np.int64(ref[y2, x])
-                        dgrad = abs(dn - dnw) + abs(dw - dnw) + abs(dne - dn) + abs(dw - dww) + abs(dn - dnn)
-                        lap = abs(4 * np.int64(ref[y, x]) - np.int64(ref[y, x1]) - np.int64(ref[y1, x])
-                                  - np.int64(ref[y, xe]) - np.int64(ref[yb, x]))
-                        agrad = ((grad + dgrad) >> 1) + lap
+                        agrad = cgrad + lap
                     act = (abs(rw) + abs(rn) + (abs(rnw) + abs(rne)) // 2) + (near >> 2) + (agrad << 1)
                     if allow > 0:
                         act //= qstep  # the quantised residual's scale
@@ -339,7 +342,11 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                     # Bias cancellation per activity octave and texture pattern (CALIC-style).
                     p_int = pred8 >> 3
                     tex = (1 if n > p_int else 0) | (2 if w > p_int else 0) | (4 if nw > p_int else 0) | (8 if ne > p_int else 0)
-                    tex |= (16 if ww > p_int else 0) | (32 if nn > p_int else 0)
+                    tex |= (16 if ww > p_int else 0)
+                    if referenced:
+                        tex |= 32 if ref[y, x] > p_int else 0
+                    else:
+                        tex |= 32 if nn > p_int else 0
                     bctx = (ic * 8 + min(q >> 1, 7)) * 64 + tex
                     cnt = bias_cnt[bctx]
                     if cnt > 0:
