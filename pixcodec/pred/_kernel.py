@@ -20,12 +20,12 @@ import numpy as np
 N_LS = 23
 TAP_DY = np.array([-1, -1, -1, 0, -2, -1, -2, -2, -1, 0, -3, -2, -2, -1, -1, -3, -3, -3, -3, -2, -2, -3, -3], dtype=np.int64)
 TAP_DX = np.array([0, -1, 1, -2, 0, -2, -1, 1, 2, -3, 0, -2, 2, -3, 3, -1, 1, -2, 2, -3, 3, -3, 3], dtype=np.int64)
-# With a reference frame (the previous slice of a series, already decoded), five more taps:
-# its pixel at this position and that pixel's four neighbours. The reference is whole, so
+# With a reference frame (the previous slice of a series, already decoded), nine more taps:
+# its pixel at this position and that pixel's eight neighbours. The reference is whole, so
 # taps below and right of the pixel are as causal as those above and left.
-N_REF = 5
-REF_DY = np.array([0, 0, -1, 0, 1], dtype=np.int64)
-REF_DX = np.array([0, -1, 0, 1, 0], dtype=np.int64)
+N_REF = 9
+REF_DY = np.array([0, 0, -1, 0, 1, -1, -1, 1, 1], dtype=np.int64)
+REF_DX = np.array([0, -1, 0, 1, 0, -1, 1, -1, 1], dtype=np.int64)
 N_GCLS = 4  # weight sets by local gradient ...
 N_OCLS = 2  # ... times by orientation (horizontal activity above vertical, or not)
 N_CLS = N_GCLS * N_OCLS
