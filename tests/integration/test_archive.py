@@ -13,18 +13,21 @@ import io
 import time
 import zlib
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pydicom
 import pytest
 import sqlalchemy as sa
 from pydicom import uid
 from pydicom.dataset import Dataset
+from pixcodec import ContainerReader, PredCodec
 from pydicom.filereader import read_dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.presentation import build_context
 
 from gateway import cli
 from gateway.app import Gateway
+from gateway.instance_blob import Section, read_footer
 from gateway.services.archive import Outcome
 from gateway.services.archive_job import ArchiveJob, run_job
 from gateway.services.rebuild import rebuild_instance
@@ -414,3 +417,34 @@ def test_a_fixed_archive_codec_and_a_lost_race_are_respected(
     assert _rebuilt(gateway) == originals
     assert gateway.index.counts().stored_bytes == _recount(gateway)
     assert set(gateway.blobs.iter_keys_older_than(0)) >= {s.blob.key for s in gateway.index.iter_instances()}
+
+
+def test_a_multi_frame_object_is_archived_with_frames_predicted_from_the_previous_one(
+    make_gateway: GatewayFactory, db_url: str, corpus: list[CorpusFile], tmp_path: Path
+) -> None:
+    rule = {"name": "mr-pred", "modality": ["MR"], "archive_codec": "pred"}
+    gateway = make_gateway(db_url, archive=IDLE, policy={"rules": [rule]})
+    assert gateway.archive is not None
+    cine = [f for f in corpus if f.relpath == "mr/barre_mr_heart_multiframe_8bit.dcm"]
+    originals = _store(gateway, cine, tmp_path)
+
+    processed = gateway.archive.drain()
+
+    assert [(p.outcome, p.codec) for p in processed] == [(Outcome.SWAPPED, "pred")]
+    (stored,) = gateway.index.iter_instances(current_only=True)
+    with gateway.blobs.open(stored.blob) as fp:
+        footer, shell_start = read_footer(fp)
+        assert (footer.codec_id, footer.codec_version) == ("pred", 2)
+        section = Section(fp, shell_start + footer.shell_stored_length, footer.pixel_stored_length)
+        container = ContainerReader(cast(BinaryIO, section))
+        needs_previous = [PredCodec.references(container.payload(i)) for i in range(container.frame_count)]
+    assert container.frame_count == 16 and sum(needs_previous) >= 8 and not needs_previous[0]
+    assert _rebuilt(gateway) == originals
+    # A viewer gets the instance back byte for byte, in the syntax it was sent in and decoded.
+    original = _original(cine[0].path)[1]
+    sop_class = str(pydicom.dcmread(original.path, stop_before_pixels=True).SOPClassUID)
+    for syntax in {original.syntax, uid.ImplicitVRLittleEndian}:
+        received = _c_get(gateway.dicom_port, _study_of(cine[0].path), {sop_class: [syntax]})
+        ((got_syntax, raw),) = received.values()
+        assert got_syntax == syntax
+        _check_received(syntax, raw, original)
