@@ -60,6 +60,8 @@ S_TWO1, S_TWO2, S_PRED, S_ZERO, S_SIGN, S_START, S_UP, S_DOWN, S_M1, S_M2, S_RAW
 # down from there: about two decisions per pixel instead of one per class.
 _START_OFFSET = 6
 
+_NO_REF = np.zeros((1, 1), dtype=np.int32)
+
 STATUS_OK = 0
 STATUS_OVERFLOW = 1  # encoder: the output buffer is full
 STATUS_CORRUPT = 2  # decoder: a decoded value left the coded range
@@ -114,7 +116,23 @@ def _log4(v):
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump, tol, ref):
+def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump, tol):
+    """`_code_frame` for a frame coded on its own: compiled without the reference code."""
+    return _code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump,
+                       tol, _NO_REF, False)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def code_referenced_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump,
+                          tol, ref):
+    """`_code_frame` for a frame predicted from the reference frame `ref` as well."""
+    return _code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump,
+                       tol, ref, True)
+
+
+@nb.njit(nogil=True, error_model="numpy", inline="always")
+def _code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2, net_b2, buf, in_len, dump, tol, ref,
+                referenced):
     """Encode `img` into `buf` (encode=True) or decode `buf[:in_len]` into `img`.
 
     `img` is int32 (rows, columns). A `dump` of rows x columns rows receives each pixel's
@@ -131,7 +149,6 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
     hidden = net_w1.shape[0]
     dumping = dump.shape[0] == rows * cols
     tolerant = tol.shape[0] == rows * cols
-    referenced = ref.shape[0] == rows and ref.shape[1] == cols and rows > 0
     feats = np.zeros(N_FEATURES, dtype=np.int64)
 
     # The range coder (LZMA's): its state lives in these locals, and every binary decision of
@@ -249,21 +266,38 @@ def code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2,
                         # slice is the reference plus a smooth change) stands for half of the
                         # local gradient in the activity, and the reference's Laplacian here
                         # adds what the causal neighbours cannot see: texture at and below.
-                        y1 = max(y - 1, 0)
-                        y2 = max(y - 2, 0)
-                        yb = min(y + 1, rows - 1)
-                        x1 = max(x - 1, 0)
-                        x2 = max(x - 2, 0)
-                        xe = min(x + 1, cols - 1)
-                        dw = w - np.int64(ref[y, x1])
-                        dn = n - np.int64(ref[y1, x])
-                        dnw = nw - np.int64(ref[y1, x1])
-                        dne = ne - np.int64(ref[y1, xe])
-                        dww = ww - np.int64(ref[y, x2])
-                        dnn = nn - np.int64(ref[y2, x])
+                        if 1 < y < rows - 1 and 1 < x < cols - 1:
+                            at = y * cols + x
+                            r_w = np.int64(rflat[at - 1])
+                            r_n = np.int64(rflat[at - cols])
+                            r_nw = np.int64(rflat[at - cols - 1])
+                            r_ne = np.int64(rflat[at - cols + 1])
+                            r_ww = np.int64(rflat[at - 2])
+                            r_nn = np.int64(rflat[at - 2 * cols])
+                            r_c = np.int64(rflat[at])
+                            r_e = np.int64(rflat[at + 1])
+                            r_s = np.int64(rflat[at + cols])
+                        else:
+                            y1 = max(y - 1, 0)
+                            x1 = max(x - 1, 0)
+                            xe = min(x + 1, cols - 1)
+                            r_w = np.int64(ref[y, x1])
+                            r_n = np.int64(ref[y1, x])
+                            r_nw = np.int64(ref[y1, x1])
+                            r_ne = np.int64(ref[y1, xe])
+                            r_ww = np.int64(ref[y, max(x - 2, 0)])
+                            r_nn = np.int64(ref[max(y - 2, 0), x])
+                            r_c = np.int64(ref[y, x])
+                            r_e = np.int64(ref[y, xe])
+                            r_s = np.int64(ref[min(y + 1, rows - 1), x])
+                        dw = w - r_w
+                        dn = n - r_n
+                        dnw = nw - r_nw
+                        dne = ne - r_ne
+                        dww = ww - r_ww
+                        dnn = nn - r_nn
                         dgrad = abs(dn - dnw) + abs(dw - dnw) + abs(dne - dn) + abs(dw - dww) + abs(dn - dnn)
-                        lap = abs(4 * np.int64(ref[y, x]) - np.int64(ref[y, x1]) - np.int64(ref[y1, x])
-                                  - np.int64(ref[y, xe]) - np.int64(ref[yb, x]))
+                        lap = abs(4 * r_c - r_w - r_n - r_e - r_s)
                         cgrad = (grad + dgrad) >> 1
                     cls = 0
                     while cls < N_GCLS - 1 and grad > cls_thr[cls]:

@@ -387,8 +387,12 @@ def _run(image: npt.NDArray[np.int32], encode: bool, maxval: int, weights: npt.N
         w1, b1, w2, b2 = _EMPTY_W1, _EMPTY_1, _EMPTY_1, _EMPTY_1
     else:
         w1, b1, w2, b2 = model.w1, model.b1, model.w2, model.b2
-    status, length = k.code_frame(image, bool(encode), int(maxval), weights, thresholds, w1, b1, w2, b2, buf,
-                                  int(in_length), dump, tolerance, reference)
+    if referenced:
+        status, length = k.code_referenced_frame(image, bool(encode), int(maxval), weights, thresholds, w1, b1, w2, b2,
+                                                 buf, int(in_length), dump, tolerance, reference)
+    else:
+        status, length = k.code_frame(image, bool(encode), int(maxval), weights, thresholds, w1, b1, w2, b2, buf,
+                                      int(in_length), dump, tolerance)
     return int(status), int(length)
 
 
