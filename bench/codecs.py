@@ -1,10 +1,12 @@
-"""Codec benchmark: every standard lossless codec and the mode decision, on real images, in one run.
+"""Codec benchmark: every standard lossless codec, our own and the mode decision, on real images, in one run.
 
 For each image frame it codes the stored words with JPEG-LS, JPEG 2000, HTJ2K, JPEG-XL at efforts
-1, 3 and 7, and with the gateway's mode decision at the ingest and the archive budget; it checks
-every result decodes bit-exactly and prints, per modality and overall (size-weighted):
-compression ratio on allocated bits, size relative to JPEG-LS, and single-thread encode/decode
-MB/s. It writes the table as Markdown and a plot of ratio against decode speed, and checks the
+1, 3 and 7, our `pred` (each frame on its own), and with the gateway's mode decision at the ingest
+and the archive budget; it checks every result decodes bit-exactly and prints, per modality and
+overall (size-weighted): compression ratio on allocated bits, size relative to JPEG-LS, and
+single-thread encode/decode MB/s. Then, for every series in the input, `pred` intra-only against
+`pred` coding each frame against the previous one, thin and thick series apart (bench/series.py).
+It writes the tables as Markdown and a plot of ratio against decode speed, and checks the
 decision's targets.
 
     .venv/bin/python bench/codecs.py                          # ../shared/corpus/manifest.json
@@ -41,7 +43,9 @@ from pixcodec import preprocess  # noqa: E402
 from pixcodec.container import EncodedFrame, encode_frame  # noqa: E402
 from pixcodec.decide import ARCHIVE, INGEST, Budget, decide  # noqa: E402
 from pixcodec.quality import byte_ratio  # noqa: E402
+from pixcodec.pred import PredCodec  # noqa: E402
 from pixcodec.standard import Htj2kCodec, Jpeg2000Codec, JpegLsCodec, JpegXlCodec  # noqa: E402
+from bench import series as series_bench  # noqa: E402
 
 STANDARD: dict[str, FrameCodec] = {
     "JPEG-LS": JpegLsCodec(),
@@ -51,6 +55,8 @@ STANDARD: dict[str, FrameCodec] = {
     "JPEG-XL e3": JpegXlCodec(effort=3),
     "JPEG-XL e7": JpegXlCodec(effort=7),
 }
+# Our own codec, each frame on its own; its series-aware figures come from bench/series.py.
+OWN: dict[str, FrameCodec] = {"pred": PredCodec.default()}
 DECISIONS: dict[str, Budget] = {"decide: ingest": INGEST, "decide: archive": ARCHIVE}
 REFERENCE = "JPEG-LS"
 # Targets of the mode decision (see the codec library's issue): archive within 1 % of the best
@@ -102,9 +108,11 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=2, help="frames per multi-frame object (spread over it)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where codecs.md/.png go")
     parser.add_argument("--repeat", type=int, default=1, help="timing repetitions per frame (the best is kept)")
+    parser.add_argument("--no-series", action="store_true", help="leave out the series-aware table")
     args = parser.parse_args()
 
     results = Results()
+    warm_up()
     started = time.perf_counter()
     count = 0
     for image in load_images(args.input, args.frames):
@@ -117,11 +125,13 @@ def main() -> int:
     checks = render_checks(results)
     print(table)
     print(checks)
+    series_table = "" if args.no_series else render_series(args.input)
+    print(series_table)
     print(f"\n{count} objects, {results.totals['all'][REFERENCE].frames} frames, "
           f"{time.perf_counter() - started:.0f} s")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "codecs.md").write_text(
-        f"# Lossless codecs on {args.input.name}\n\n{table}\n\n{checks}\n", encoding="utf-8")
+        f"# Lossless codecs on {args.input.name}\n\n{table}\n\n{checks}\n{series_table}\n", encoding="utf-8")
     plot(results, args.out / "codecs.png")
     print(f"wrote {args.out / 'codecs.md'} and {args.out / 'codecs.png'}")
     return 1 if results.failures else 0
@@ -191,6 +201,19 @@ def _image(name: str, ds: pydicom.Dataset, frames_per_object: int) -> Image | No
 
 # --- measurement -----------------------------------------------------------------------------------
 
+def warm_up() -> None:
+    """One small frame through our own codec first: numba compiles (or loads) its kernels on their
+    first call, which is no part of coding speed."""
+    spec = PixelSpec(rows=64, columns=64, samples_per_pixel=1, bits_allocated=16, bits_stored=12, signed=False,
+                     photometric="MONOCHROME2")
+    frames = [(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * step) % 4096 for step in (7, 9)]
+    for codec in OWN.values():
+        codec.decode(codec.encode(frames[0], spec), spec)
+        if isinstance(codec, PredCodec):
+            payload = codec.encode(frames[1], spec, reference=frames[0])
+            codec.decode(payload, spec, reference=frames[0] if codec.references(payload) else None)
+
+
 def _timed_encode(codec: FrameCodec, frame: npt.NDArray[np.integer], spec: PixelSpec,
                   repeat: int) -> tuple[EncodedFrame, float]:
     best = math.inf
@@ -222,7 +245,7 @@ def measure_image(image: Image, results: Results, repeat: int) -> None:
     for frame in image.frames:
         original = image.spec.frame_nbytes
         sizes: dict[str, int] = {}
-        for name, codec in STANDARD.items():
+        for name, codec in {**STANDARD, **OWN}.items():
             if codec.capabilities.unsupported_reasons(image.spec):
                 continue
             try:
@@ -266,7 +289,7 @@ def _group(modality: str) -> str:
 # --- output ----------------------------------------------------------------------------------------
 
 def _coders(results: Results) -> list[str]:
-    return [name for name in [*STANDARD, *DECISIONS] if results.totals["all"][name].frames]
+    return [name for name in [*STANDARD, *OWN, *DECISIONS] if results.totals["all"][name].frames]
 
 
 def render_table(results: Results) -> str:
@@ -323,6 +346,20 @@ def render_checks(results: Results) -> str:
     lines.append(f"- round-trip or codec failures: {len(results.failures)}")
     lines.extend(f"  - {failure}" for failure in results.failures[:20])
     return "\n".join(lines)
+
+
+def render_series(source: Path) -> str:
+    """`pred` on each series of `source`: intra-only against each frame coded against the previous one."""
+    tallies: dict[str, series_bench.Tally] = defaultdict(series_bench.Tally)
+    for found in series_bench.load_series(source):
+        measured = series_bench.measure(found)
+        for key in (series_bench.group_of(found), "overall"):
+            tallies[key].add(measured)
+    if not tallies:
+        return "\nSeries: none (no two frames of one series or object)."
+    return (f"\nSeries: `pred` intra-only against series-aware (each frame against the previous one, chains of "
+            f"at most {series_bench.MAX_REFERENCE_CHAIN}; thin: at most {series_bench.THIN_MM} mm between slices):"
+            f"\n\n{series_bench.report(tallies)}")
 
 
 def plot(results: Results, path: Path) -> None:

@@ -222,7 +222,7 @@ def measure(series: Series) -> Tally:
     return tally
 
 
-def _group(series: Series) -> str:
+def group_of(series: Series) -> str:
     if series.spacing_mm is None:
         kind = "spacing unknown"
     elif series.spacing_mm <= THIN_MM:
@@ -256,7 +256,7 @@ def main() -> None:
     tallies: dict[str, Tally] = defaultdict(Tally)
     for series in load_series(args.input):
         measured = measure(series)
-        for key in (_group(series), "overall"):
+        for key in (group_of(series), "overall"):
             tallies[key].add(measured)
         spacing = f"{series.spacing_mm:.2f} mm" if series.spacing_mm is not None else "spacing unknown"
         print(f"{series.name[:60]:60s} {len(series.frames):4d} frames, {spacing}", file=sys.stderr, flush=True)

@@ -26,10 +26,11 @@ def test_the_codec_benchmark_runs_on_a_folder(corpus: list[CorpusFile], tmp_path
                              "--frames", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 objects, 3 frames" in result.stdout
-    for coder in ("JPEG-LS", "JPEG 2000", "HTJ2K", "JPEG-XL e1", "JPEG-XL e3", "JPEG-XL e7", "decide: ingest",
+    for coder in ("JPEG-LS", "JPEG 2000", "HTJ2K", "JPEG-XL e1", "JPEG-XL e3", "JPEG-XL e7", "pred", "decide: ingest",
                   "decide: archive"):
         assert f"| {coder} |" in result.stdout
     assert "round-trip or codec failures: 0" in result.stdout
+    assert "Series: none" in result.stdout  # three single images of three series
     assert "images where archive > 1.005 x min(JPEG-LS, JPEG-XL e3): 0" in result.stdout
     markdown = (out / "codecs.md").read_text()
     assert "| **overall** | 3 |" in markdown
