@@ -308,6 +308,8 @@ class ContainerReader:
             for number in range(start, index + 1):
                 decoded, record = self._decoded(number)
         frame = np.ascontiguousarray(preprocess.inverse(decoded, record, self.spec))
+        if np.may_share_memory(frame, decoded):
+            frame = frame.copy()  # the kept frame is the next one's reference: no caller may change it
         if _crc(frame) != entry.frame_crc:
             raise CorruptBitstream(f"frame {index}: decoded pixels do not match their stored checksum")
         return frame

@@ -371,3 +371,17 @@ def test_the_writer_refuses_a_frame_coded_against_another_reference() -> None:
         swapped.add_frame(frames[1], coded_against_frame_0)
     with pytest.raises(CodecError):
         swapped.finish()
+
+
+def test_changing_a_returned_frame_does_not_change_the_next_ones_reference() -> None:
+    spec, frames = _cine()
+    buffer = io.BytesIO()
+    writer = ContainerWriter(buffer, PredCodec.default(), spec)
+    for frame in frames[:3]:
+        writer.add_frame(frame)
+    writer.finish()
+    reader = ContainerReader(io.BytesIO(buffer.getvalue()))
+    first = reader.frame(0)
+    first[:] = 0  # a caller's own use of its array
+    assert PredCodec.references(reader.payload(1))
+    assert np.array_equal(reader.frame(1), frames[1])
