@@ -232,15 +232,17 @@ def _series_slices(count: int) -> tuple[list[Frame], PixelSpec]:
     return [frame for frame, _ in coded], coded[0][1]
 
 
-def test_a_series_slice_coded_against_the_previous_one_is_exact_and_smaller() -> None:
+@pytest.mark.parametrize("codec", [CODEC, *LEARNED], ids=lambda c: repr(c))
+def test_a_series_slice_coded_against_the_previous_one_is_exact_and_smaller(codec: PredCodec) -> None:
     slices, spec = _series_slices(4)
     intra = referenced = 0
     for previous, frame in zip(slices, slices[1:]):
-        payload = CODEC.encode(frame, spec, reference=previous)
+        payload = codec.encode(frame, spec, reference=previous)
         assert PredCodec.references(payload)
-        assert np.array_equal(CODEC.decode(payload, spec, reference=previous), frame)
+        assert np.array_equal(codec.decode(payload, spec, reference=previous), frame)
+        assert np.array_equal(CODEC.decode(payload, spec, reference=previous), frame)  # the registered one reads it
         referenced += len(payload)
-        intra += len(CODEC.encode(frame, spec))
+        intra += len(codec.encode(frame, spec))
     assert referenced < 0.99 * intra
 
 
