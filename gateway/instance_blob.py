@@ -224,7 +224,8 @@ def write_instance_blob(
             frame = layout.frame_from_bytes(raw)
             if on_frame is not None:
                 on_frame(raw, frame)
-            writer.add_frame(frame, decision.encoded if decision is not None and index == probe else None)
+            reuse = decision is not None and index == probe and not decision.references_previous
+            writer.add_frame(frame, decision.encoded if reuse and decision is not None else None)
         writer.finish()
         out.seek(0, io.SEEK_END)
         tail = src.read(value_len - layout.frames_nbytes)
@@ -269,11 +270,18 @@ def write_instance_blob(
 
 
 def _decide(src: IO[bytes], absolute: int, layout: NativeLayout, plan: PixelPlan) -> Decision:
-    """The mode decision on the probe frame, read from the source without disturbing the copy."""
-    src.seek(absolute + probe_index(layout.frames) * layout.frame_nbytes)
+    """The mode decision on the probe frame, read from the source without disturbing the copy;
+    with the frame before it, so that a codec that predicts frames from the previous one is
+    judged as the container will use it (a cine, a volume)."""
+    probe = probe_index(layout.frames)
+    previous = None
+    if probe > 0:
+        src.seek(absolute + (probe - 1) * layout.frame_nbytes)
+        previous = layout.frame_from_bytes(src.read(layout.frame_nbytes))
+    src.seek(absolute + probe * layout.frame_nbytes)
     frame = layout.frame_from_bytes(src.read(layout.frame_nbytes))
     # Not verified here: the caller rebuilds the whole blob from disk and compares it.
-    return decide(frame, layout.spec, cast(Budget, plan.budget), verify=False)
+    return decide(frame, layout.spec, cast(Budget, plan.budget), verify=False, previous=previous)
 
 
 def read_footer(fp: IO[bytes]) -> tuple[Footer, int]:

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import preprocess
-from .base import CodecError, FrameCodec, PixelSpec, UnsupportedPixelSpec, VerificationFailed
+from .base import CodecError, FrameCodec, PixelSpec, ReferencingCodec, UnsupportedPixelSpec, VerificationFailed
 from .container import EncodedFrame, encode_preprocessed
 from .pred import PredCodec
 from .registry import CodecRegistry
@@ -68,6 +68,9 @@ class Decision:
     candidate: Candidate
     encoded: EncodedFrame  # the probe frame, coded by the winner
     trials: tuple[Trial, ...] = field(default=())
+    # The probe frame was coded against the frame before it (see `decide`'s `previous`): its
+    # payload is then valid only right after that frame.
+    references_previous: bool = False
 
     @property
     def codec(self) -> FrameCodec:
@@ -150,6 +153,7 @@ def decide(
     registry: CodecRegistry | None = None,
     *,
     verify: bool = True,
+    previous: npt.NDArray[np.integer] | None = None,
 ) -> Decision:
     """Try `budget`'s candidates on `frame` and return the smallest exact coding.
 
@@ -157,11 +161,14 @@ def decide(
     does failed. A `registry` restricts the candidates to the codecs it has available. `verify`
     decodes the winner before it is returned (and falls back to the next one if it is not exact);
     callers that check the stored result themselves, as the gateway does, switch it off.
+    `previous` is the frame before this one in the same object: a codec that can predict a frame
+    from it is judged with it, as a container would code the frame.
     """
     spec.check_frame(frame)
     frame = np.ascontiguousarray(frame)
     megasamples = spec.rows * spec.columns * spec.samples_per_pixel / 1e6
     plain, packed = _preprocessed(frame, spec, budget)
+    reference = _reference(previous, plain[1], spec)
     usable = _usable(budget.candidates, spec, registry)
     fallback = _usable([budget.fallback] if budget.fallback is not None else [], spec, registry)
     if not usable and not fallback:
@@ -172,7 +179,7 @@ def decide(
     allowance = max(budget.min_seconds, budget.seconds_per_megasample * megasamples)
     spent = 0.0
     trials: list[Trial] = []
-    results: list[tuple[int, Candidate, EncodedFrame]] = []
+    results: list[tuple[int, Candidate, EncodedFrame, npt.NDArray[np.unsignedinteger] | None]] = []
     for candidate in [*usable, *fallback]:
         if candidate in fallback and results:
             break
@@ -183,9 +190,10 @@ def decide(
             trials.append(Trial(candidate.name, None, 0.0, "over budget"))
             continue
         coded, record = packed if candidate.pack and packed is not None else plain
+        offered = reference if record is plain[1] else None
         started = time.perf_counter()
         try:
-            encoded = encode_preprocessed(candidate.codec, coded, record, spec)
+            encoded = encode_preprocessed(candidate.codec, coded, record, spec, reference=offered)
         except CodecError as exc:
             elapsed = time.perf_counter() - started
             trials.append(Trial(candidate.name, None, elapsed, f"failed: {exc}"))
@@ -197,7 +205,8 @@ def decide(
             _remember(candidate.name, elapsed / megasamples)
         size = len(encoded.payload) + len(encoded.table)
         trials.append(Trial(candidate.name, size, elapsed))
-        results.append((size, candidate, encoded))
+        used = offered if offered is not None and _references(candidate.codec, encoded.payload) else None
+        results.append((size, candidate, encoded, used))
     if not results:
         raise CodecError(f"every {budget.name} candidate failed: " + " | ".join(
             f"{t.name}: {t.note}" for t in trials))
@@ -237,25 +246,47 @@ def _remember(name: str, seconds_per_megasample: float) -> None:
         (1 - _SMOOTHING) * previous + _SMOOTHING * seconds_per_megasample)
 
 
+def _reference(previous: npt.NDArray[np.integer] | None, record: preprocess.Preprocessing,
+               spec: PixelSpec) -> npt.NDArray[np.unsignedinteger] | None:
+    """The previous frame as the plain mapping codes it, when the frame's own mapping matches
+    (the condition under which a container offers it)."""
+    if previous is None:
+        return None
+    spec.check_frame(previous)
+    coded, previous_record = preprocess.forward(np.ascontiguousarray(previous), spec)
+    if (previous_record.mode, previous_record.depth) != (record.mode, record.depth):
+        return None
+    return coded
+
+
+def _references(codec: FrameCodec, payload: bytes) -> bool:
+    return codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec) and codec.references(payload)
+
+
 def _first_exact(
-    ranked: Sequence[tuple[int, Candidate, EncodedFrame]],
+    ranked: Sequence[tuple[int, Candidate, EncodedFrame, npt.NDArray[np.unsignedinteger] | None]],
     frame: npt.NDArray[np.integer],
     spec: PixelSpec,
     verify: bool,
     trials: list[Trial],
 ) -> Decision:
     problems: list[str] = []
-    for _size, candidate, encoded in ranked:
-        if not verify or _round_trips(candidate.codec, encoded, frame, spec):
-            return Decision(candidate, encoded, tuple(trials))
+    for _size, candidate, encoded, reference in ranked:
+        if not verify or _round_trips(candidate.codec, encoded, frame, spec, reference):
+            return Decision(candidate, encoded, tuple(trials), references_previous=reference is not None)
         problems.append(candidate.name)
     raise VerificationFailed(f"no candidate round-tripped the frame exactly: {', '.join(problems)}")
 
 
-def _round_trips(codec: FrameCodec, encoded: EncodedFrame, frame: npt.NDArray[np.integer], spec: PixelSpec) -> bool:
+def _round_trips(codec: FrameCodec, encoded: EncodedFrame, frame: npt.NDArray[np.integer], spec: PixelSpec,
+                 reference: npt.NDArray[np.unsignedinteger] | None = None) -> bool:
     coding = preprocess.coding_spec(spec, encoded.record)
     try:
-        decoded = np.asarray(codec.decode(encoded.payload, coding)).astype(coding.dtype, copy=False)
+        if reference is not None and isinstance(codec, ReferencingCodec):
+            payload = codec.decode(encoded.payload, coding, reference=reference)
+        else:
+            payload = codec.decode(encoded.payload, coding)
+        decoded = np.asarray(payload).astype(coding.dtype, copy=False)
         restored = preprocess.inverse(decoded, encoded.record, spec)
     except Exception:  # a codec that cannot read its own output simply loses the decision
         return False

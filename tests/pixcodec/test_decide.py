@@ -14,6 +14,7 @@ from pixcodec.container import encode_frame
 from pixcodec.decide import ARCHIVE, INGEST, Budget, Candidate, decide, probe_index
 from pixcodec.standard import JpegLsCodec, ZstdCodec
 
+from .corpus_frames import manifest, raw_frames, spec_of
 from .helpers import make_spec, smooth_frame
 
 
@@ -149,3 +150,23 @@ def test_the_fallback_is_only_used_when_nothing_else_worked() -> None:
     assert decide(smooth_frame(spec), spec, budget).candidate.name == "jpeg-ls"
     broken = Budget("fb", (Candidate("failing", _Failing()),), 1.0, fallback=Candidate("zstd", ZstdCodec()))
     assert decide(smooth_frame(spec), spec, broken).candidate.name == "zstd"
+
+
+def test_a_frame_after_another_is_judged_as_the_container_codes_it() -> None:
+    """With the previous frame of a cine, pred is judged on the frame coded against it: smaller,
+    and marked so that the gateway does not reuse the payload out of its place."""
+    from pixcodec.pred import PredCodec
+
+    entry = next(e for e in manifest() if e["path"] == "mr/barre_mr_heart_multiframe_8bit.dcm")
+    spec = spec_of(entry)
+    frames = list(raw_frames(entry, limit=entry["frames"]))
+    probe = probe_index(len(frames))
+    budget = Budget("test", (Candidate("jpeg-ls", JpegLsCodec()), Candidate("pred", PredCodec.default())),
+                    seconds_per_megasample=1000.0)
+    alone = decide(frames[probe], spec, budget)
+    after = decide(frames[probe], spec, budget, previous=frames[probe - 1])
+    assert alone.candidate.name == after.candidate.name == "pred"
+    assert not alone.references_previous and after.references_previous
+    assert len(after.encoded.payload) < len(alone.encoded.payload)
+    # A previous frame that does not help is not used.
+    assert not decide(frames[probe], spec, budget, previous=np.zeros_like(frames[probe])).references_previous

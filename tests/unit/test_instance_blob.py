@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pytest
 
-from gateway.instance_blob import BlobFormatError, PixelMode, rebuild_bytes
+from gateway.instance_blob import BlobFormatError, PixelMode, Section, read_footer, rebuild_bytes
 from gateway.services.prepare import Fallback, IngestJob, prepare
 from pixcodec import JpegLsCodec
 from tests.conftest import CorpusFile
@@ -84,3 +84,25 @@ def test_a_codec_that_does_not_round_trip_falls_back_to_the_received_bytes(
     assert prepared.pixel_mode is PixelMode.VERBATIM and prepared.planned_codec_id == "jpeg-ls"
     with (tmp_path / "x.blob").open("rb") as fp:
         assert rebuild_bytes(fp) == _dataset(f.path)
+
+
+def test_a_cine_decided_on_a_frame_after_another_is_stored_with_references(
+    corpus: list[CorpusFile], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision judged pred on the probe frame coded against the frame before it; the blob
+    codes the cine that way and rebuilds the received bytes."""
+    from pixcodec import ContainerReader, PredCodec
+    from pixcodec.decide import Budget, Candidate
+
+    budget = Budget("frames", (Candidate("jpeg-ls", JpegLsCodec()), Candidate("pred", PredCodec.default())),
+                    seconds_per_megasample=1000.0)
+    monkeypatch.setattr("gateway.services.prepare.budget_named", lambda _name: budget)
+    f = next(c for c in corpus if c.relpath == "mr/barre_mr_heart_multiframe_8bit.dcm")
+    prepared = prepare(_job(f, tmp_path))
+    assert prepared.pixel_mode is PixelMode.PIXCODEC and prepared.codec_id == "pred"
+    with (tmp_path / "x.blob").open("rb") as fp:
+        assert rebuild_bytes(fp) == _dataset(f.path)
+        footer, shell_start = read_footer(fp)
+        section = Section(fp, shell_start + footer.shell_stored_length, footer.pixel_stored_length)
+        reader = ContainerReader(cast(BinaryIO, section))
+        assert sum(PredCodec.references(reader.payload(i)) for i in range(reader.frame_count)) >= 8
