@@ -25,6 +25,9 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 
+_ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 class WorkerLost(Exception):
     """The worker process running the job died."""
 
@@ -76,6 +79,11 @@ class CodecPool:
         self._on_waiting, self._on_wait, self._on_rejected = on_waiting, on_wait, on_rejected
         self._worker_logging = worker_logging
         self._niceness = niceness
+        # Each worker is one core's worth of work: the pool is the parallelism. Native thread pools
+        # (OpenBLAS under the least-squares fits) would add threads that spin on the other cores.
+        # The fork server reads these when it starts and imports numpy, so they are set first.
+        for variable in _ONE_THREAD:
+            os.environ.setdefault(variable, "1")
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(
             ["gateway.services.prepare", "gateway.services.retrieve_job", "pixcodec"])

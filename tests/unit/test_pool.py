@@ -55,3 +55,23 @@ def test_a_full_queue_refuses_instead_of_growing() -> None:
         assert pool.run(square, 3) == 9
     finally:
         pool.shutdown()
+
+
+def threads_after_a_fit(size: int) -> int:
+    """The worker's own thread count after a least-squares fit, as the kernel sees it."""
+    import numpy as np
+
+    samples = np.random.default_rng(1).normal(size=(20_000, size))
+    normal = samples.T @ samples
+    np.linalg.solve(normal + np.eye(size), samples.T @ samples[:, 0])
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+def test_a_worker_codes_on_one_thread() -> None:
+    """Native thread pools are held to one thread: the pool's workers are the parallelism."""
+    pool = CodecPool(workers=1, queue_limit=1, queue_timeout=10)
+    try:
+        assert pool.run(threads_after_a_fit, 32) == 1
+    finally:
+        pool.shutdown()
