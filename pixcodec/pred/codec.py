@@ -48,6 +48,9 @@ _TRY_SINGLE_BELOW = 65536
 _TRY_FIXED_BELOW = 4096
 # Per class, the fit uses at most this many samples: plenty for 23 weights, in bounded time.
 _MAX_FIT_SAMPLES = 20_000
+# Frames large enough for class tables are fitted on every other row: the fit takes about half
+# as long and the frames come out 0.01-0.03 % larger (corpus CT, MR, CR, MG, PT).
+_FIT_ROW_STEP = 2
 # Intensity classes of the coding contexts split at these quantiles of the pixel values (the
 # most common value, padding as a rule, left out): fine at the low end, where CT air and MR
 # background noise differ most from tissue.
@@ -139,13 +142,15 @@ class PredCodec:
             maxval = len(present) - 1
         model = self.model
         trials: list[tuple[Predictor, npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32] | None]]
-        trials = [(kind, weights, thresholds, None) for kind, weights, thresholds in predictor_options(image)]
+        trials = [(kind, weights, thresholds, None)
+                  for kind, weights, thresholds in predictor_options(image, row_step=_FIT_ROW_STEP)]
         ref_crc = b""
         if reference is not None:
             ref_crc = _REFERENCE.pack(_pixel_crc(reference))
             ref_image = _in_coded_values(reference, present if packing else None)
             trials += [(kind, weights, thresholds, ref_image)
-                       for kind, weights, thresholds in predictor_options(image, reference=ref_image)]
+                       for kind, weights, thresholds in predictor_options(image, row_step=_FIT_ROW_STEP,
+                                                                          reference=ref_image)]
         best = b""
         for kind, weights, thresholds, ref in trials:
             flags = (_LOSSLESS_FLAGS[kind] | (FLAG_PACKED if packing else 0) | (FLAG_MODEL if model is not None else 0)
