@@ -351,14 +351,19 @@ def test_frames_coded_against_the_previous_frame_read_back_in_any_order() -> Non
         assert codec.decodes <= MAX_REFERENCE_CHAIN + 1
 
 
-def test_the_writer_refuses_a_frame_coded_against_another_reference() -> None:
+def _cine_reader(count: int) -> tuple[PixelSpec, list[npt.NDArray[np.integer]], ContainerReader]:
+    """The cine's first `count` frames in a pred container, and a reader of it."""
     spec, frames = _cine()
     buffer = io.BytesIO()
     writer = ContainerWriter(buffer, PredCodec.default(), spec)
-    for frame in frames[:2]:
+    for frame in frames[:count]:
         writer.add_frame(frame)
     writer.finish()
-    reader = ContainerReader(io.BytesIO(buffer.getvalue()))
+    return spec, frames, ContainerReader(io.BytesIO(buffer.getvalue()))
+
+
+def test_the_writer_refuses_a_frame_coded_against_another_reference() -> None:
+    spec, frames, reader = _cine_reader(2)
     coded_against_frame_0 = reader.encoded(1)
     assert PredCodec.references(coded_against_frame_0.payload)
     for verify in (True, False):
@@ -374,13 +379,7 @@ def test_the_writer_refuses_a_frame_coded_against_another_reference() -> None:
 
 
 def test_changing_a_returned_frame_does_not_change_the_next_ones_reference() -> None:
-    spec, frames = _cine()
-    buffer = io.BytesIO()
-    writer = ContainerWriter(buffer, PredCodec.default(), spec)
-    for frame in frames[:3]:
-        writer.add_frame(frame)
-    writer.finish()
-    reader = ContainerReader(io.BytesIO(buffer.getvalue()))
+    _spec, frames, reader = _cine_reader(3)
     first = reader.frame(0)
     first[:] = 0  # a caller's own use of its array
     assert PredCodec.references(reader.payload(1))
