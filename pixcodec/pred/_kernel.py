@@ -260,7 +260,7 @@ def _code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2
                     rww = res[cur, xi - 2] if x > 1 else rw
 
                     grad = abs(n - nw) + abs(w - nw) + abs(ne - n) + abs(w - ww) + abs(n - nn)
-                    cgrad = grad
+                    agrad = grad  # the gradient the activity uses
                     if referenced:
                         # The gradient of the difference to the reference (small where this
                         # slice is the reference plus a smooth change) stands for half of the
@@ -298,7 +298,7 @@ def _code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2
                         dnn = nn - r_nn
                         dgrad = abs(dn - dnw) + abs(dw - dnw) + abs(dne - dn) + abs(dw - dww) + abs(dn - dnn)
                         lap = abs(4 * r_c - r_w - r_n - r_e - r_s)
-                        cgrad = (grad + dgrad) >> 1
+                        agrad = ((grad + dgrad) >> 1) + lap
                     cls = 0
                     while cls < N_GCLS - 1 and grad > cls_thr[cls]:
                         cls += 1
@@ -332,9 +332,6 @@ def _code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2
                     near = lerr[prv, xi] + lerr[cur, xi - 1] + lerr[prv, xi - 1] + lerr[prv, xi + 1] + (lerr[prv, xi] >> 1)
 
                     # Activity: what neighbouring errors and the local gradient say about this error.
-                    agrad = grad
-                    if referenced:
-                        agrad = cgrad + lap
                     act = (abs(rw) + abs(rn) + (abs(rnw) + abs(rne)) // 2) + (near >> 2) + (agrad << 1)
                     if allow > 0:
                         act //= qstep  # the quantised residual's scale
