@@ -24,8 +24,8 @@ from .base import (CodecError, CorruptBitstream, FrameCodec, PixelSpec, Referenc
 from .preprocess import Mode, Preprocessing
 from .registry import CodecRegistry, default_registry
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "ContainerReader", "ContainerWriter", "EncodedFrame", "encode_frame",
-           "encode_preprocessed"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "MAX_REFERENCE_CHAIN", "ContainerReader", "ContainerWriter", "EncodedFrame",
+           "decode_payload", "encode_frame", "encode_preprocessed", "references_previous"]
 
 MAGIC = b"\x89PXC\r\n\x1a\n"  # PNG-style: a non-ASCII byte and line endings catch text-mode mangling
 END_MAGIC = b"PXCE"
@@ -85,8 +85,8 @@ def encode_preprocessed(codec: FrameCodec, coded: npt.NDArray[np.unsignedinteger
     A `reference` (the previous frame, mapped alike) goes to a codec that can use one."""
     coding = preprocess.coding_spec(spec, record)
     try:
-        if reference is not None and codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec):
-            payload = bytes(codec.encode(coded, coding, reference=reference))
+        if reference is not None and _can_reference(codec):
+            payload = bytes(cast(ReferencingCodec, codec).encode(coded, coding, reference=reference))
         else:
             payload = bytes(codec.encode(coded, coding))
     except CodecError:
@@ -95,6 +95,23 @@ def encode_preprocessed(codec: FrameCodec, coded: npt.NDArray[np.unsignedinteger
         raise CodecError(f"{codec.codec_id}/{codec.bitstream_version} failed to encode "
                          f"({record.describe()}): {exc}") from exc
     return EncodedFrame(payload, record)
+
+
+def references_previous(codec: FrameCodec, payload: bytes) -> bool:
+    """Whether `payload`, written by `codec`, was coded against the frame before it."""
+    return _can_reference(codec) and cast(ReferencingCodec, codec).references(payload)
+
+
+def decode_payload(codec: FrameCodec, payload: bytes, coding: PixelSpec,
+                   reference: npt.NDArray[np.unsignedinteger] | None = None) -> npt.NDArray[np.unsignedinteger]:
+    """`codec`'s decode of `payload`, with the `reference` frame it was coded against, if any."""
+    if reference is not None and _can_reference(codec):
+        return cast(ReferencingCodec, codec).decode(payload, coding, reference=reference)
+    return codec.decode(payload, coding)
+
+
+def _can_reference(codec: FrameCodec) -> bool:
+    return codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec)
 
 
 def _crc(data: bytes | memoryview | npt.NDArray[np.generic]) -> int:
@@ -134,7 +151,7 @@ class ContainerWriter:
         self._entries: list[FrameEntry] = []
         # For a codec that can predict a frame from the previous one: that frame as coded, how it
         # was mapped, and how many frames its decode needs before it.
-        self._referencing = codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec)
+        self._referencing = _can_reference(codec)
         self._previous: tuple[npt.NDArray[np.unsignedinteger], Preprocessing] | None = None
         self._chain = 0
         self._failed: str | None = None
@@ -167,7 +184,7 @@ class ContainerWriter:
                 coded, record = preprocess.forward(frame, self._spec, pack=self._pack)
                 encoded = encode_preprocessed(self._codec, coded, record, self._spec,
                                               reference=self._reference_for(record))
-            referenced = self._referencing and cast(ReferencingCodec, self._codec).references(encoded.payload)
+            referenced = references_previous(self._codec, encoded.payload)
             if referenced and self._reference_for(encoded.record) is None:
                 raise VerificationFailed("a frame refers to a previous frame it may not use")
             if self._verify:
@@ -202,7 +219,7 @@ class ContainerWriter:
         coding = preprocess.coding_spec(self._spec, record)
         codec_name = f"{self._codec.codec_id}/{self._codec.bitstream_version}"
         try:
-            decoded = _decode(self._codec, encoded.payload, coding, reference)
+            decoded = decode_payload(self._codec, encoded.payload, coding, reference)
             restored = preprocess.inverse(np.asarray(decoded).astype(coding.dtype, copy=False), record, self._spec)
         except Exception as exc:
             raise VerificationFailed(f"{codec_name} cannot decode its own output ({record.describe()}): {exc}") from exc
@@ -303,7 +320,8 @@ class ContainerReader:
         else:
             # Back to a frame that needs no other, or whose reference was just decoded.
             start = index
-            while start > 0 and not (self._last is not None and self._last[0] == start - 1) and self._references(start):
+            while (start > 0 and not (self._last is not None and self._last[0] == start - 1)
+                   and references_previous(self.codec, self.payload(start))):
                 start -= 1
             for number in range(start, index + 1):
                 decoded, record = self._decoded(number)
@@ -314,22 +332,19 @@ class ContainerReader:
             raise CorruptBitstream(f"frame {index}: decoded pixels do not match their stored checksum")
         return frame
 
-    def _references(self, index: int) -> bool:
-        return isinstance(self.codec, ReferencingCodec) and self.codec.references(self.payload(index))
-
     def _decoded(self, index: int) -> tuple[npt.NDArray[np.unsignedinteger], Preprocessing]:
         """Frame `index` as its codec returns it, with its mapping; remembered as the last one."""
         encoded = self.encoded(index)
         coding = preprocess.coding_spec(self.spec, encoded.record)
         reference = None
-        if isinstance(self.codec, ReferencingCodec) and self.codec.references(encoded.payload):
+        if references_previous(self.codec, encoded.payload):
             previous = self._last if self._last is not None and self._last[0] == index - 1 else None
             if previous is None or encoded.record.packing is not None or previous[2].packing is not None or (
                     (previous[2].mode, previous[2].depth) != (encoded.record.mode, encoded.record.depth)):
                 raise CorruptBitstream(f"frame {index} refers to a previous frame it cannot use")
             reference = previous[1]
         try:
-            decoded = np.asarray(_decode(self.codec, encoded.payload, coding, reference))
+            decoded = np.asarray(decode_payload(self.codec, encoded.payload, coding, reference))
         except CorruptBitstream:
             raise
         except Exception as exc:
@@ -407,13 +422,6 @@ class ContainerReader:
         if expected_offset != index_offset:
             raise CorruptBitstream("frame payloads do not end where the index starts")
         return entries
-
-
-def _decode(codec: FrameCodec, payload: bytes, coding: PixelSpec,
-            reference: npt.NDArray[np.unsignedinteger] | None) -> npt.NDArray[np.unsignedinteger]:
-    if reference is not None and isinstance(codec, ReferencingCodec):
-        return codec.decode(payload, coding, reference=reference)
-    return codec.decode(payload, coding)
 
 
 def _parse_header_body(body: bytes) -> tuple[str, int, PixelSpec]:

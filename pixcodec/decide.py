@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import preprocess
-from .base import CodecError, FrameCodec, PixelSpec, ReferencingCodec, UnsupportedPixelSpec, VerificationFailed
-from .container import EncodedFrame, encode_preprocessed
+from .base import CodecError, FrameCodec, PixelSpec, UnsupportedPixelSpec, VerificationFailed
+from .container import EncodedFrame, decode_payload, encode_preprocessed, references_previous
 from .pred import PredCodec
 from .registry import CodecRegistry
 from .standard import Jpeg2000Codec, JpegLsCodec, JpegXlCodec, ZstdCodec
@@ -168,7 +168,6 @@ def decide(
     frame = np.ascontiguousarray(frame)
     megasamples = spec.rows * spec.columns * spec.samples_per_pixel / 1e6
     plain, packed = _preprocessed(frame, spec, budget)
-    reference = _reference(previous, plain[1], spec)
     usable = _usable(budget.candidates, spec, registry)
     fallback = _usable([budget.fallback] if budget.fallback is not None else [], spec, registry)
     if not usable and not fallback:
@@ -176,6 +175,9 @@ def decide(
         raise UnsupportedPixelSpec(f"no {budget.name} candidate codes this pixel spec: " + " | ".join(
             f"{c.name}: {'; '.join(c.codec.capabilities.unsupported_reasons(spec)) or 'unavailable'}"
             for c in every))
+    # The previous frame is mapped only for a budget with a codec that can use it.
+    referencing = any(c.codec.capabilities.reference_frames for c in [*usable, *fallback])
+    reference = _reference(previous, plain[1], spec) if referencing else None
     allowance = max(budget.min_seconds, budget.seconds_per_megasample * megasamples)
     spent = 0.0
     trials: list[Trial] = []
@@ -205,7 +207,7 @@ def decide(
             _remember(candidate.name, elapsed / megasamples)
         size = len(encoded.payload) + len(encoded.table)
         trials.append(Trial(candidate.name, size, elapsed))
-        used = offered if offered is not None and _references(candidate.codec, encoded.payload) else None
+        used = offered if offered is not None and references_previous(candidate.codec, encoded.payload) else None
         results.append((size, candidate, encoded, used))
     if not results:
         raise CodecError(f"every {budget.name} candidate failed: " + " | ".join(
@@ -259,10 +261,6 @@ def _reference(previous: npt.NDArray[np.integer] | None, record: preprocess.Prep
     return coded
 
 
-def _references(codec: FrameCodec, payload: bytes) -> bool:
-    return codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec) and codec.references(payload)
-
-
 def _first_exact(
     ranked: Sequence[tuple[int, Candidate, EncodedFrame, npt.NDArray[np.unsignedinteger] | None]],
     frame: npt.NDArray[np.integer],
@@ -282,11 +280,7 @@ def _round_trips(codec: FrameCodec, encoded: EncodedFrame, frame: npt.NDArray[np
                  reference: npt.NDArray[np.unsignedinteger] | None = None) -> bool:
     coding = preprocess.coding_spec(spec, encoded.record)
     try:
-        if reference is not None and isinstance(codec, ReferencingCodec):
-            payload = codec.decode(encoded.payload, coding, reference=reference)
-        else:
-            payload = codec.decode(encoded.payload, coding)
-        decoded = np.asarray(payload).astype(coding.dtype, copy=False)
+        decoded = np.asarray(decode_payload(codec, encoded.payload, coding, reference)).astype(coding.dtype, copy=False)
         restored = preprocess.inverse(decoded, encoded.record, spec)
     except Exception:  # a codec that cannot read its own output simply loses the decision
         return False
