@@ -218,14 +218,16 @@ def write_instance_blob(
         writer = ContainerWriter(cast(BinaryIO, Section(out, pixel_start)), codec, layout.spec, verify=False,
                                  pack=decision.pack if decision is not None else False)
         probe = probe_index(layout.frames)
+        # A probe payload coded against the frame before it is valid only where the writer's own
+        # chain puts it: the writer codes that frame again instead.
+        probe_encoded = decision.encoded if decision is not None and not decision.references_previous else None
         src.seek(absolute)
         for index in range(layout.frames):
             raw = src.read(layout.frame_nbytes)
             frame = layout.frame_from_bytes(raw)
             if on_frame is not None:
                 on_frame(raw, frame)
-            reuse = decision is not None and index == probe and not decision.references_previous
-            writer.add_frame(frame, decision.encoded if reuse and decision is not None else None)
+            writer.add_frame(frame, probe_encoded if index == probe else None)
         writer.finish()
         out.seek(0, io.SEEK_END)
         tail = src.read(value_len - layout.frames_nbytes)
@@ -273,15 +275,16 @@ def _decide(src: IO[bytes], absolute: int, layout: NativeLayout, plan: PixelPlan
     """The mode decision on the probe frame, read from the source without disturbing the copy;
     with the frame before it, so that a codec that predicts frames from the previous one is
     judged as the container will use it (a cine, a volume)."""
+    budget = cast(Budget, plan.budget)
     probe = probe_index(layout.frames)
     previous = None
-    if probe > 0:
+    if probe > 0 and any(candidate.codec.capabilities.reference_frames for candidate in budget.candidates):
         src.seek(absolute + (probe - 1) * layout.frame_nbytes)
         previous = layout.frame_from_bytes(src.read(layout.frame_nbytes))
     src.seek(absolute + probe * layout.frame_nbytes)
     frame = layout.frame_from_bytes(src.read(layout.frame_nbytes))
     # Not verified here: the caller rebuilds the whole blob from disk and compares it.
-    return decide(frame, layout.spec, cast(Budget, plan.budget), verify=False, previous=previous)
+    return decide(frame, layout.spec, budget, verify=False, previous=previous)
 
 
 def read_footer(fp: IO[bytes]) -> tuple[Footer, int]:
