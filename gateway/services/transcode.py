@@ -30,8 +30,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
 from gateway import syntaxes
-from gateway.services.explicit_vr import as_explicit_little
 from gateway.instance_blob import BlobFormatError, Footer, PixelMode, Section, read_footer
+from gateway.services.explicit_vr import as_explicit_little
 from pixcodec import ContainerReader, PixelSpec
 
 log = logging.getLogger(__name__)
