@@ -26,7 +26,7 @@ from pixcodec import (
     ZstdCodec,
     default_registry,
 )
-from pixcodec.container import MAGIC, MAX_REFERENCE_CHAIN, EncodedFrame
+from pixcodec.container import MAGIC, MAX_REFERENCE_CHAIN
 from pixcodec.pred import PredCodec
 
 from .corpus_frames import manifest, raw_frames, spec_of
