@@ -45,8 +45,8 @@ from pixcodec import CodecError, FrameCodec, PixelSpec, UnsupportedPixelSpec  # 
 from pixcodec import preprocess  # noqa: E402
 from pixcodec.container import EncodedFrame, encode_frame  # noqa: E402
 from pixcodec.decide import ARCHIVE, INGEST, Budget, decide  # noqa: E402
-from pixcodec.quality import byte_ratio  # noqa: E402
 from pixcodec.pred import PredCodec  # noqa: E402
+from pixcodec.quality import byte_ratio  # noqa: E402
 from pixcodec.standard import Htj2kCodec, Jpeg2000Codec, JpegLsCodec, JpegXlCodec  # noqa: E402
 from bench import series as series_bench  # noqa: E402
 
@@ -363,11 +363,7 @@ def render_checks(results: Results) -> str:
 
 def render_series(source: Path) -> str:
     """`pred` on each series of `source`: intra-only against each frame coded against the previous one."""
-    tallies: dict[str, series_bench.Tally] = defaultdict(series_bench.Tally)
-    for found in series_bench.load_series(source):
-        measured = series_bench.measure(found)
-        for key in (series_bench.group_of(found), "overall"):
-            tallies[key].add(measured)
+    tallies = series_bench.measure_all(source)
     if not tallies:
         return "\nSeries: none (no two frames of one series or object)."
     return (f"\nSeries: `pred` intra-only against series-aware (each frame against the previous one, chains of "

@@ -222,7 +222,7 @@ def measure(series: Series) -> Tally:
     return tally
 
 
-def group_of(series: Series) -> str:
+def _group_of(series: Series) -> str:
     if series.spacing_mm is None:
         kind = "spacing unknown"
     elif series.spacing_mm <= THIN_MM:
@@ -247,20 +247,25 @@ def report(tallies: dict[str, Tally]) -> str:
     return "\n".join(lines)
 
 
+def measure_all(source: Path) -> dict[str, Tally]:
+    """Every series of `source` measured, tallied by _group_of and "overall"; progress on stderr."""
+    tallies: dict[str, Tally] = defaultdict(Tally)
+    for series in load_series(source):
+        measured = measure(series)
+        for key in (_group_of(series), "overall"):
+            tallies[key].add(measured)
+        spacing = f"{series.spacing_mm:.2f} mm" if series.spacing_mm is not None else "spacing unknown"
+        print(f"{series.name[:60]:60s} {len(series.frames):4d} frames, {spacing}", file=sys.stderr, flush=True)
+    return tallies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, default=ROOT.parent / "shared" / "corpus",
                         help="a folder of DICOM files, searched recursively (default ../shared/corpus)")
     args = parser.parse_args()
     print(f"input: {args.input}; chains of at most {MAX_REFERENCE_CHAIN} frames; one thread")
-    tallies: dict[str, Tally] = defaultdict(Tally)
-    for series in load_series(args.input):
-        measured = measure(series)
-        for key in (group_of(series), "overall"):
-            tallies[key].add(measured)
-        spacing = f"{series.spacing_mm:.2f} mm" if series.spacing_mm is not None else "spacing unknown"
-        print(f"{series.name[:60]:60s} {len(series.frames):4d} frames, {spacing}", file=sys.stderr, flush=True)
-    print(report(tallies))
+    print(report(measure_all(args.input)))
     print("\nratio: bytes of the stored words / bytes coded; vs: relative size (negative = smaller); "
           "MB/s: stored words per second of one thread")
 
