@@ -140,15 +140,11 @@ def load_series(source: Path) -> Iterator[Series]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # not DICOM: skipped, as any folder may hold other files
             continue
-        if "PixelData" not in ds and "NumberOfFrames" not in ds and _spec(ds) is None:
-            continue
-        if str(ds.get("Modality", "")) in _NOT_IMAGES:
+        spec = _spec(ds)
+        if spec is None or _lossy(ds) or str(ds.get("Modality", "")) in _NOT_IMAGES:
             continue
         frame_count = int(ds.get("NumberOfFrames") or 1)
         if frame_count > 1:
-            spec = _spec(ds)
-            if spec is None or _lossy(ds):
-                continue
             full = pydicom.dcmread(path)
             per_frame = full.get("PerFrameFunctionalGroupsSequence") or []
             positions: list[float | None] = [None] * frame_count
@@ -157,7 +153,7 @@ def load_series(source: Path) -> Iterator[Series]:
                              for item in per_frame]
             yield Series(str(path.relative_to(source)), str(ds.get("Modality", "?")), _spacing(positions, full),
                          spec, _frames(full, spec))
-        elif not _lossy(ds) and _spec(ds) is not None:
+        else:
             key = (str(ds.get("SeriesInstanceUID", path.parent)), int(ds.Rows), int(ds.Columns))
             instance = str(ds.get("SOPInstanceUID", path))
             if instance in seen:
