@@ -118,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
 
     results = Results()
-    warm_up()
+    series_bench.warm_up()  # our codec's kernels compiled (or loaded) before anything is timed
     started = time.perf_counter()
     count = 0
     for image in load_images(args.input, args.frames):
@@ -206,19 +206,6 @@ def _image(name: str, ds: pydicom.Dataset, frames_per_object: int) -> Image | No
 
 
 # --- measurement -----------------------------------------------------------------------------------
-
-def warm_up() -> None:
-    """One small frame through our own codec first: numba compiles (or loads) its kernels on their
-    first call, which is no part of coding speed."""
-    spec = PixelSpec(rows=64, columns=64, samples_per_pixel=1, bits_allocated=16, bits_stored=12, signed=False,
-                     photometric="MONOCHROME2")
-    frames = [(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * step) % 4096 for step in (7, 9)]
-    for codec in OWN.values():
-        codec.decode(codec.encode(frames[0], spec), spec)
-        if isinstance(codec, PredCodec):
-            payload = codec.encode(frames[1], spec, reference=frames[0])
-            codec.decode(payload, spec, reference=frames[0] if codec.references(payload) else None)
-
 
 def _timed_encode(codec: FrameCodec, frame: npt.NDArray[np.integer], spec: PixelSpec,
                   repeat: int) -> tuple[EncodedFrame, float]:

@@ -243,8 +243,20 @@ def report(tallies: dict[str, Tally]) -> str:
     return "\n".join(lines)
 
 
+def warm_up() -> None:
+    """Two small frames through pred, on their own and with a reference: numba compiles (or
+    loads) each kernel on its first call, which is no part of coding speed."""
+    spec = PixelSpec(rows=64, columns=64, samples_per_pixel=1, bits_allocated=16, bits_stored=12, signed=False,
+                     photometric="MONOCHROME2")
+    first, second = ((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * step) % 4096 for step in (7, 9))
+    CODEC.decode(CODEC.encode(first, spec), spec)
+    payload = CODEC.encode(second, spec, reference=first)
+    CODEC.decode(payload, spec, reference=first if PredCodec.references(payload) else None)
+
+
 def measure_all(source: Path) -> dict[str, Tally]:
     """Every series of `source` measured, tallied by _group_of and "overall"; progress on stderr."""
+    warm_up()
     tallies: dict[str, Tally] = defaultdict(Tally)
     for series in load_series(source):
         measured = measure(series)
