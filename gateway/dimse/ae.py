@@ -10,7 +10,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from gateway import syntaxes
 from gateway.config import DicomSettings
-from gateway.dimse import preencoded
+from gateway.dimse import preencoded, reactor
 
 Handler = tuple[Any, Callable[..., Any]]
 
@@ -30,6 +30,8 @@ QUERY_RETRIEVE = (
 def build_ae(settings: DicomSettings) -> AE:
     # Retrieved instances go out as the bytes the codec workers made (see preencoded).
     preencoded.install()
+    # Requests are read and answered as they arrive, not at pynetdicom's next 1 ms poll.
+    reactor.install()
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.maximum_pdu_size
