@@ -12,7 +12,9 @@ install() replaces both sleeps with waits that end as soon as there is work:
 - the DUL thread waits in select() on its socket and on a wake-up socket pair, which is written
   whenever a primitive or event is queued for it (by the association thread or by itself);
 - the association thread waits on an event the DUL thread sets after each state-machine action
-  (every received DIMSE message, release or abort passes through one).
+  (every received DIMSE message, release or abort passes through one), and that pynetdicom's
+  send_*() methods set when they ask the reactor to pause for them (a C-MOVE's sub-operations,
+  an SCU's requests).
 
 Both waits also end after IDLE_WAIT, so the timers both loops check (ARTIM, network idle) keep
 their meaning. The loops are pynetdicom's own (3.0.4, MIT licence), with only the waits changed;
@@ -40,6 +42,7 @@ IDLE_WAIT = 0.05
 
 _library_dul = DULServiceProvider
 _library_run_reactor = Association._run_reactor
+_library_init = Association.__init__
 
 
 class _WakingQueue(queue.Queue[Any]):
@@ -52,6 +55,20 @@ class _WakingQueue(queue.Queue[Any]):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake()
+
+
+class _Checkpoint(threading.Event):
+    """The association's reactor checkpoint. pynetdicom's send_*() methods clear it and then wait
+    until the reactor has paused at it: clearing also wakes the reactor, so that happens at once."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self.set()
+        self._wake = wake
+
+    def clear(self) -> None:
+        super().clear()
+        self._wake.set()
 
 
 class EventDrivenDUL(DULServiceProvider):
@@ -170,11 +187,19 @@ def _run_association_reactor(self: Association) -> None:
     while not self._kill:
         dul.user_wake.wait(IDLE_WAIT)
         dul.user_wake.clear()
-        # The reactor can be paused by the send_*() methods so a message it would otherwise
-        # take off the queue reaches them.
-        self._is_paused = True
-        self._reactor_checkpoint.wait()
-        self._is_paused = False
+        # pynetdicom's send_*() methods clear the checkpoint and wait until the reactor says it
+        # is paused, so that the response they wait for is not taken off the queue here. Unlike
+        # pynetdicom's loop, this one says so only once it has seen the checkpoint cleared: a
+        # reactor that says "paused" on its way past an open checkpoint takes the sender's
+        # response as an unexpected message whenever it arrives first, and the sender waits
+        # until the DIMSE timeout (pydicom/pynetdicom#435, #875; C-MOVE sub-operations to a
+        # fast destination hit it often).
+        if not self._reactor_checkpoint.is_set():
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            dul.user_wake.set()  # what came while paused is looked at now
+            continue
         context_id, msg = self.dimse.get_msg(block=False)
         if msg:
             self._serve_request(msg, context_id)  # type: ignore[arg-type]
@@ -215,13 +240,15 @@ def _run_association_reactor(self: Association) -> None:
             return
 
 
+def _init_association(self: Association, *args: Any, **kwargs: Any) -> None:
+    _library_init(self, *args, **kwargs)
+    if isinstance(self.dul, EventDrivenDUL):
+        self._reactor_checkpoint = _Checkpoint(self.dul.user_wake)
+
+
 def install() -> None:
     """Make every association created from now on use the event-driven reactors (idempotent)."""
     setattr(pynetdicom.association, "DULServiceProvider", EventDrivenDUL)
+    setattr(Association, "__init__", _init_association)
     setattr(Association, "_run_reactor", _run_association_reactor)
 
-
-def uninstall() -> None:
-    """pynetdicom's own polling reactors again, for associations created from now on."""
-    setattr(pynetdicom.association, "DULServiceProvider", _library_dul)
-    setattr(Association, "_run_reactor", _library_run_reactor)

@@ -8,7 +8,6 @@ with the Failed SOP Instance UID List when some failed, 0xA702 when all did.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -217,36 +216,7 @@ class _StoreAssociation:
 
     def on_accepted(self, event: Event) -> None:
         self._assoc = event.assoc
-        # Fired before this association's reactor starts, so the swap is seen from its first turn.
-        event.assoc._reactor_checkpoint = _ReactorCheckpoint(event.assoc)
 
     def contexts(self) -> list[PresentationContext]:
         return list(self._assoc.accepted_contexts) if self._assoc is not None else []
-
-
-class _ReactorCheckpoint(threading.Event):
-    """The pause between pynetdicom's association reactor and its send_*() methods, without the
-    race of pynetdicom 3.0 (pydicom/pynetdicom#435, #875).
-
-    The reactor marks itself paused just before it waits on the checkpoint; a sender clears the
-    checkpoint and goes on once it sees that mark. When the reactor has already passed the wait,
-    the mark is stale: the sender goes on, and the reactor takes the sender's response off the
-    queue as an "unexpected" message, so the sender waits for it until the DIMSE timeout. A fast
-    destination with TCP_NODELAY made that frequent in C-MOVE sub-operations. Here clearing
-    withdraws the mark, and waiting sets it again, so a sender only goes on once the reactor is
-    (about to be) held at the checkpoint.
-    """
-
-    def __init__(self, assoc: Association) -> None:
-        super().__init__()
-        self._assoc = assoc
-        self.set()
-
-    def clear(self) -> None:
-        self._assoc._is_paused = False
-        super().clear()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self._assoc._is_paused = True
-        return super().wait(timeout)
 

@@ -61,6 +61,34 @@ def test_gateway_associations_run_the_event_driven_reactor(make_gateway: Gateway
     assert assoc.is_released
 
 
+def test_requests_sent_from_this_process_do_not_wait_out_the_idle_wait(make_gateway: GatewayFactory) -> None:
+    """The SCU here runs the same reactors (install() is process-wide), as the gateway's own C-MOVE
+    store associations do. Each request pauses the SCU's reactor first: the pause must take
+    effect at once, not after the reactor's idle wait, and the reactor must never take a response
+    off the queue before the request that waits for it (that request would hang until the DIMSE
+    timeout). Requests come 10 ms apart, as a C-MOVE's do while the next instance is prepared,
+    so the reactor is idle when each one asks: 100 of them take about 1.2 s, or about 6 s when
+    each waits out the 50 ms idle wait."""
+    gateway = make_gateway()
+    scu = AE(ae_title="TESTSCU")
+    scu.add_requested_context(Verification)
+    scu.dimse_timeout = 10
+    assoc = scu.associate("127.0.0.1", gateway.dicom_port, ae_title="PACSGW")
+    assert assoc.is_established
+    assert isinstance(assoc.dul, EventDrivenDUL)
+    try:
+        started = time.monotonic()
+        statuses = []
+        for _ in range(100):
+            time.sleep(0.01)
+            statuses.append(assoc.send_c_echo().Status)
+        elapsed = time.monotonic() - started
+    finally:
+        assoc.release()
+    assert statuses == [0x0000] * 100
+    assert elapsed < 3.5, elapsed
+
+
 def test_dcmtk_findscu_repeated_queries_in_one_association(make_gateway: GatewayFactory) -> None:
     gateway = make_gateway()
     result = subprocess.run(["findscu", "-S", "-aec", "PACSGW", "--repeat", "20", "127.0.0.1",
