@@ -32,7 +32,10 @@ class Level(enum.StrEnum):
 
     @property
     def depth(self) -> int:
-        return list(Level).index(self)
+        return _DEPTH[self]
+
+
+_DEPTH = {level: depth for depth, level in enumerate(Level)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,10 +264,19 @@ def _computed(session: Session, query: LevelQuery, pks: list[Any]) -> dict[str, 
                 .join(Instance, current).where(by.in_(pks)).group_by(by))
     elif query.level is Level.STUDY:
         by = Series.study_pk
-        if "NumberOfStudyRelatedSeries" in wanted:
+        if {"NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"} <= wanted:
+            # Both in one statement, as viewers ask for both: one round trip less per query.
+            series: dict[Any, int] = {}
+            instances: dict[Any, int] = {}
+            for group, series_count, instance_count in session.execute(
+                    sa.select(by, count(sa.distinct(Series.id)), count(Instance.id))
+                    .outerjoin(Instance, current).where(by.in_(pks)).group_by(by)):
+                series[group], instances[group] = int(series_count), int(instance_count)
+            out["NumberOfStudyRelatedSeries"], out["NumberOfStudyRelatedInstances"] = series, instances
+        elif "NumberOfStudyRelatedSeries" in wanted:
             out["NumberOfStudyRelatedSeries"] = _counts(
                 session, sa.select(by, count()).where(by.in_(pks)).group_by(by))
-        if "NumberOfStudyRelatedInstances" in wanted:
+        elif "NumberOfStudyRelatedInstances" in wanted:
             out["NumberOfStudyRelatedInstances"] = _counts(
                 session, sa.select(by, count()).join(Instance, current).where(by.in_(pks)).group_by(by))
         if "ModalitiesInStudy" in wanted:

@@ -163,6 +163,24 @@ def test_computed_keys_and_levels(archive: SqlIndex, engine: Engine) -> None:
                   for f in find(engine, series)) == [("1.2.1.2", 3), ("1.2.3.2", 3), ("1.2.4.2", 3)]
 
 
+@pytest.mark.parametrize("wanted", [
+    {"NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"},
+    {"NumberOfStudyRelatedSeries"},
+    {"NumberOfStudyRelatedInstances"},
+])
+def test_study_counts_leave_out_superseded_revisions(archive: SqlIndex, engine: Engine, make_meta: MetaFactory,
+                                                     make_blob: Callable[..., BlobRef], wanted: set[str]) -> None:
+    """Asked together, the two study counts come from one statement; alone, each from its own."""
+    resent = make_meta("1.2.1.2.1", content="v2", study_uid="1.2.1", series_uid="1.2.1.2", patient_id="P1",
+                       modality="MR")
+    outcome = archive.record_instance(resent, make_blob("k121-again"), DuplicatePolicy.KEEP_REVISIONS)
+    assert outcome.revision == 2
+    query = LevelQuery(Level.STUDY, {"PatientID": parse("P1", "LO")}, computed=frozenset(wanted))
+    (found,) = find(engine, query)
+    expected = {"NumberOfStudyRelatedSeries": 2, "NumberOfStudyRelatedInstances": 5}
+    assert {key: found.values[key] for key in wanted} == {key: expected[key] for key in wanted}
+
+
 def test_python_rules_on_header_values() -> None:
     assert matches(Universal(), [])
     assert matches(parse("AB*", "LO"), ["ABC"])
