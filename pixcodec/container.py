@@ -25,7 +25,7 @@ from .preprocess import Mode, Preprocessing
 from .registry import CodecRegistry, default_registry
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "MAX_REFERENCE_CHAIN", "ContainerReader", "ContainerWriter", "EncodedFrame",
-           "decode_payload", "encode_frame", "encode_preprocessed", "references_previous"]
+           "decode_payload", "encode_frame", "encode_preprocessed", "may_reference", "references_previous"]
 
 MAGIC = b"\x89PXC\r\n\x1a\n"  # PNG-style: a non-ASCII byte and line endings catch text-mode mangling
 END_MAGIC = b"PXCE"
@@ -112,6 +112,13 @@ def decode_payload(codec: FrameCodec, payload: bytes, coding: PixelSpec,
 
 def _can_reference(codec: FrameCodec) -> bool:
     return codec.capabilities.reference_frames and isinstance(codec, ReferencingCodec)
+
+
+def may_reference(record: Preprocessing, previous: Preprocessing) -> bool:
+    """Whether a frame mapped by `record` may be coded against one mapped by `previous`: the same
+    mapping, and neither packed (the ranks of two frames are on different scales)."""
+    return (record.packing is None and previous.packing is None
+            and (record.mode, record.depth) == (previous.mode, previous.depth))
 
 
 def _crc(data: bytes | memoryview | npt.NDArray[np.generic]) -> int:
@@ -209,9 +216,7 @@ class ContainerWriter:
         if not self._referencing or self._previous is None or self._chain >= MAX_REFERENCE_CHAIN:
             return None
         previous, previous_record = self._previous
-        if record.packing is not None or (record.mode, record.depth) != (previous_record.mode, previous_record.depth):
-            return None
-        return previous
+        return previous if may_reference(record, previous_record) else None
 
     def _check(self, encoded: EncodedFrame, frame: npt.NDArray[np.integer],
                reference: npt.NDArray[np.unsignedinteger] | None) -> None:
@@ -339,8 +344,7 @@ class ContainerReader:
         reference = None
         if references_previous(self.codec, encoded.payload):
             previous = self._last if self._last is not None and self._last[0] == index - 1 else None
-            if previous is None or encoded.record.packing is not None or previous[2].packing is not None or (
-                    (previous[2].mode, previous[2].depth) != (encoded.record.mode, encoded.record.depth)):
+            if previous is None or not may_reference(encoded.record, previous[2]):
                 raise CorruptBitstream(f"frame {index} refers to a previous frame it cannot use")
             reference = previous[1]
         try:

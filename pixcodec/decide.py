@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from . import preprocess
 from .base import CodecError, FrameCodec, PixelSpec, UnsupportedPixelSpec, VerificationFailed
-from .container import EncodedFrame, decode_payload, encode_preprocessed, references_previous
+from .container import EncodedFrame, decode_payload, encode_preprocessed, may_reference, references_previous
 from .pred import PredCodec
 from .registry import CodecRegistry
 from .standard import Jpeg2000Codec, JpegLsCodec, JpegXlCodec, ZstdCodec
@@ -256,9 +256,7 @@ def _reference(previous: npt.NDArray[np.integer] | None, record: preprocess.Prep
         return None
     spec.check_frame(previous)
     coded, previous_record = preprocess.forward(np.ascontiguousarray(previous), spec)
-    if (previous_record.mode, previous_record.depth) != (record.mode, record.depth):
-        return None
-    return coded
+    return coded if may_reference(record, previous_record) else None
 
 
 def _first_exact(
