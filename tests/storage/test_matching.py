@@ -170,7 +170,7 @@ def test_computed_keys_and_levels(archive: SqlIndex, engine: Engine) -> None:
 ])
 def test_study_counts_leave_out_superseded_revisions(archive: SqlIndex, engine: Engine, make_meta: MetaFactory,
                                                      make_blob: Callable[..., BlobRef], wanted: set[str]) -> None:
-    """Asked together, the two study counts come from one statement; alone, each from its own."""
+    """The study counts, asked together or alone, count current revisions only."""
     resent = make_meta("1.2.1.2.1", content="v2", study_uid="1.2.1", series_uid="1.2.1.2", patient_id="P1",
                        modality="MR")
     outcome = archive.record_instance(resent, make_blob("k121-again"), DuplicatePolicy.KEEP_REVISIONS)
