@@ -40,7 +40,6 @@ from pynetdicom.pdu import A_ABORT_RQ
 # The longest either loop sleeps with nothing to do: the resolution of the timers it checks.
 IDLE_WAIT = 0.05
 
-_library_dul = DULServiceProvider
 _library_run_reactor = Association._run_reactor
 _library_init = Association.__init__
 

@@ -69,7 +69,6 @@ STATUS_CORRUPT = 2  # decoder: a decoded value left the coded range
 _TOP = 1 << 24
 _MASK32 = 0xFFFFFFFF
 _PROB_ONE = 1 << 16
-_PROB_HALF = 1 << 15
 _PROB_MIN = 16
 _PROB_MAX = _PROB_ONE - 16
 # Estimates carry 6 bits more than the coder uses, so that a slow estimate still converges to
@@ -257,7 +256,6 @@ def _code_frame(img, encode, maxval, ls_weights, cls_thr, net_w1, net_b1, net_w2
                     rn = res[prv, xi] if y > 0 else 0
                     rnw = res[prv, xi - 1] if (y > 0 and x > 0) else 0
                     rne = res[prv, xi + 1] if (y > 0 and x + 1 < cols) else 0
-                    rww = res[cur, xi - 2] if x > 1 else rw
 
                     grad = abs(n - nw) + abs(w - nw) + abs(ne - n) + abs(w - ww) + abs(n - nn)
                     agrad = grad  # the gradient the activity uses
